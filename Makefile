@@ -1,0 +1,79 @@
+# berth.stack developer entry points. `make demo` and `make test` do all the set-up themselves.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.ansible/collections
+export ANSIBLE_FORCE_COLOR := 0
+export PY_COLORS := 0
+STAGE := tests/harness/stage.sh
+export BERTH_STAGE_RECORD := $(CURDIR)/tests/output/stages.txt
+SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+SCENARIO ?=
+MOLECULE_CMD ?= test
+VERSION ?=
+
+.PHONY: help venv prepare images lint sanity unit molecule test demo demo-clean build clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed ## Create the project virtualenv from requirements-dev.txt
+
+prepare: venv ## Prepare this machine: Docker engine, base images, offline ansible-test, collection link
+	python3 tests/harness/prepare.py
+
+images: venv ## Rebuild the Debian 13/12 base images
+	python3 tests/harness/prepare.py --only engine --only images --rebuild-images
+
+lint: venv ## ansible-lint (production), yamllint, ruff
+	python3 tests/harness/prepare.py --only link
+	ansible-lint --offline
+	yamllint --strict .
+	ruff check .
+	ruff format --check .
+
+sanity: venv ## ansible-test sanity on a copy of the checkout
+	python3 tests/harness/prepare.py --only ansible-test
+	tests/harness/sanity.sh
+
+unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the code talks to them)
+	python3 tests/harness/prepare.py --only packages --only engine --only compose --only link
+	pytest -p no:cacheprovider tests/unit
+
+molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=converge|verify|destroy...)
+	@for scenario in $(or $(SCENARIO),$(SCENARIOS)); do \
+	  $(STAGE) "molecule $$scenario" molecule $(MOLECULE_CMD) -s $$scenario || exit 1; \
+	done
+
+test: ## Everything CI runs, in order, stopping at the first failure
+	@rm -f $(BERTH_STAGE_RECORD)
+	@$(STAGE) prepare $(MAKE) --no-print-directory prepare
+	@$(STAGE) lint $(MAKE) --no-print-directory lint
+	@$(STAGE) sanity $(MAKE) --no-print-directory sanity
+	@$(STAGE) unit $(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory molecule
+	@$(STAGE) --summary
+
+demo: prepare ## Provision a local Debian 13 container with deploy.yml and show the result
+	ansible-playbook tests/harness/demo_target.yml
+	ansible-playbook deploy.yml -i inventories/local $(if $(VERSION),-e berth_demo_version=$(VERSION))
+	ansible-playbook tests/harness/demo_report.yml -i inventories/local
+
+demo-clean: venv ## Remove the demo target
+	ansible-playbook tests/harness/demo_target.yml -e berth_demo_state=absent
+
+build: venv ## Build the collection tarball
+	ansible-galaxy collection build --force --output-path build/
+
+clean: ## Remove the virtualenv, caches and build output
+	rm -rf $(VENV) .ansible build tests/output .pytest_cache .ruff_cache
