@@ -1,0 +1,87 @@
+"""The machine-preparation entry point: pure helpers and its behaviour as a command."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+PREPARE = REPO / "tests" / "harness" / "prepare.py"
+
+spec = importlib.util.spec_from_file_location("berth_prepare", PREPARE)
+prepare = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = prepare
+spec.loader.exec_module(prepare)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("docker.io\ndebootstrap\n", ["docker.io", "debootstrap"]),
+        ("# comment only\n\n", []),
+        ("rsync  # inline comment\n   \nshellcheck\n", ["rsync", "shellcheck"]),
+    ],
+)
+def test_read_package_list(tmp_path, text, expected):
+    path = tmp_path / "packages.txt"
+    path.write_text(text)
+    assert prepare.read_package_list(path) == expected
+
+
+def test_host_package_list_names_the_engine_and_debootstrap():
+    packages = prepare.read_package_list(REPO / "tests" / "harness" / "host-packages.txt")
+    assert {"docker.io", "debootstrap"} <= set(packages)
+
+
+def test_directory_digest_changes_with_content_and_names(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM a\n")
+    first = prepare.directory_digest(tmp_path)
+    assert prepare.directory_digest(tmp_path) == first
+    (tmp_path / "Dockerfile").write_text("FROM b\n")
+    second = prepare.directory_digest(tmp_path)
+    assert second != first
+    (tmp_path / "Dockerfile").rename(tmp_path / "Containerfile")
+    assert prepare.directory_digest(tmp_path) not in {first, second}
+
+
+def test_missing_packages_reports_only_absent_ones():
+    assert prepare.missing_packages(["dpkg", "berth-no-such-package"]) == ["berth-no-such-package"]
+
+
+def test_ansible_test_pip_versions_are_read_from_the_installed_ansible_test():
+    versions = prepare.ansible_test_pip_versions()
+    assert versions, "ansible-test in .venv names the pip version it bootstraps"
+    for version in versions:
+        stand_in = Path.home() / ".ansible" / "test" / "cache" / f"get_pip_{version.replace('.', '_')}.py"
+        assert stand_in.read_text() == prepare.GET_PIP_STAND_IN
+
+
+def test_collection_link_points_at_the_checkout():
+    link = REPO / ".ansible" / "collections" / "ansible_collections" / "berth" / "stack"
+    assert link.is_symlink()
+    assert link.resolve() == REPO
+    assert (link / "galaxy.yml").exists()
+
+
+def run_prepare_as_nobody(*args, env_extra=None):
+    # The system interpreter: the project's virtualenv links to one under /root, closed to nobody.
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/nonexistent", **(env_extra or {})}
+    return subprocess.run(
+        ["runuser", "-u", "nobody", "--", "/usr/bin/python3", str(PREPARE), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to an unprivileged user needs root")
+def test_without_root_and_engine_it_fails_with_a_reason_not_a_traceback():
+    result = run_prepare_as_nobody("--only", "engine", env_extra={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 2
+    assert "no Docker engine answers and starting one needs root" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,82 @@
+"""`ansible-galaxy collection build` gives a tarball that installs and works from the installed copy."""
+
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+
+
+def run(argv, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """Build the collection, install the tarball into an empty collections path."""
+    work = tmp_path_factory.mktemp("collection")
+    build = run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(work), str(REPO)])
+    assert build.returncode == 0, build.stderr
+    version = yaml.safe_load((REPO / "galaxy.yml").read_text())["version"]
+    tarball = work / f"berth-stack-{version}.tar.gz"
+    assert tarball.exists(), build.stdout
+    install_path = work / "installed"
+    # --no-deps: the dependencies come from the `ansible` bundle on the Python path, not from Galaxy.
+    install = run(
+        [str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(install_path), str(tarball)]
+    )
+    assert install.returncode == 0, install.stderr
+    return tarball, install_path
+
+
+def test_tarball_leaves_out_test_output_caches_and_the_virtualenv(installed):
+    tarball, _ = installed
+    with tarfile.open(tarball) as archive:
+        names = archive.getnames()
+    assert "galaxy.yml" not in names  # ansible-galaxy turns it into MANIFEST.json
+    assert "MANIFEST.json" in names
+    assert any(name.startswith("roles/docker_host/") for name in names)
+    for unwanted in (".venv/", ".ansible/", ".git/", "tests/output/", ".ci/"):
+        assert not any(name.startswith(unwanted) for name in names), unwanted
+    assert not any("__pycache__" in name for name in names)
+
+
+def test_installed_copy_validates_role_arguments(installed, tmp_path):
+    """The installed role loads from the installed path and rejects bad input by name."""
+    _, install_path = installed
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        "- hosts: localhost\n"
+        "  gather_facts: false\n"
+        "  roles:\n"
+        "    - role: berth.stack.docker_host\n"
+        "      vars:\n"
+        "        docker_host_users: not-a-list-of-users\n"
+        "        docker_host_source: nowhere\n"
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(install_path),
+        "ANSIBLE_CONFIG": os.devnull,
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    command = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
+    result = run(command, env=env, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert str(install_path) in output or "berth.stack.docker_host" in output
+    assert "docker_host_source" in output
+    assert "Validating arguments against arg spec" in output
+
+
+def test_ansible_doc_reads_the_installed_role(installed):
+    _, install_path = installed
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(install_path), "ANSIBLE_CONFIG": os.devnull}
+    result = run([str(BIN / "ansible-doc"), "-t", "role", "berth.stack.docker_host"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "docker_host_daemon_options" in result.stdout
