@@ -16,21 +16,40 @@ def run(argv, **kwargs):
     return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300, **kwargs)
 
 
+def isolated_env(install_path, config_dir):
+    """Only the installed copy on the collections path, and none of the checkout's ansible.cfg.
+
+    The checkout's ansible.cfg puts the checkout itself on the collections path, where
+    ansible-galaxy would find berth.stack "already installed" and the tests would use the checkout.
+    """
+    config = config_dir / "ansible.cfg"
+    config.write_text("[defaults]\n")
+    return {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(install_path),
+        "ANSIBLE_CONFIG": str(config),
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """Build the collection, install the tarball into an empty collections path."""
     work = tmp_path_factory.mktemp("collection")
-    build = run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(work), str(REPO)])
+    install_path = work / "installed"
+    env = isolated_env(install_path, work)
+    build = run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(work), str(REPO)], env=env)
     assert build.returncode == 0, build.stderr
     version = yaml.safe_load((REPO / "galaxy.yml").read_text())["version"]
     tarball = work / f"berth-stack-{version}.tar.gz"
     assert tarball.exists(), build.stdout
-    install_path = work / "installed"
     # --no-deps: the dependencies come from the `ansible` bundle on the Python path, not from Galaxy.
     install = run(
-        [str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(install_path), str(tarball)]
+        [str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(install_path), str(tarball)],
+        env=env,
     )
     assert install.returncode == 0, install.stderr
+    assert (install_path / "ansible_collections" / "berth" / "stack" / "MANIFEST.json").exists(), install.stdout
     return tarball, install_path
 
 
@@ -59,12 +78,7 @@ def test_installed_copy_validates_role_arguments(installed, tmp_path):
         "        docker_host_users: not-a-list-of-users\n"
         "        docker_host_source: nowhere\n"
     )
-    env = {
-        **os.environ,
-        "ANSIBLE_COLLECTIONS_PATH": str(install_path),
-        "ANSIBLE_CONFIG": os.devnull,
-        "ANSIBLE_NOCOLOR": "1",
-    }
+    env = isolated_env(install_path, tmp_path)
     command = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
     result = run(command, env=env, cwd=tmp_path)
     output = result.stdout + result.stderr
@@ -74,9 +88,9 @@ def test_installed_copy_validates_role_arguments(installed, tmp_path):
     assert "Validating arguments against arg spec" in output
 
 
-def test_ansible_doc_reads_the_installed_role(installed):
+def test_ansible_doc_reads_the_installed_role(installed, tmp_path):
     _, install_path = installed
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(install_path), "ANSIBLE_CONFIG": os.devnull}
+    env = isolated_env(install_path, tmp_path)
     result = run([str(BIN / "ansible-doc"), "-t", "role", "berth.stack.docker_host"], env=env)
     assert result.returncode == 0, result.stderr
     assert "docker_host_daemon_options" in result.stdout
