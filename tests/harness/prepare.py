@@ -6,6 +6,7 @@ What it ensures, each step skipped when already true:
   * the Compose v2 CLI plugin is present for the host's docker client;
   * the base images exist: Debian 13 and 12 root filesystems made with debootstrap and
     `docker import`, and a systemd + python3 layer on each (rebuilt when its Dockerfile changes);
+  * the demo application's images (tests/fixtures/demo-app) exist, rebuilt when the fixture changes;
   * ansible-test can bootstrap pip offline;
   * the collection is reachable as berth.stack through .ansible/collections, without installing it.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -30,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tests" / "harness"
 IMAGES = REPO / "tests" / "images"
+DEMO_APP = REPO / "tests" / "fixtures" / "demo-app"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DOCKERD_LOG = Path("/var/log/berth-dockerd.log")
 STATE_DIR = Path(os.environ.get("BERTH_STATE_DIR", "/var/cache/berth-test"))
@@ -259,6 +262,36 @@ def ensure_base_images(rebuild: bool) -> None:
         log(f"image {image.systemd_tag} ready")
 
 
+def demo_image_builds() -> list[tuple[str, Path, str | None, dict[str, str]]]:
+    """(tag, build context, target stage, build args) for every demo image; versions.json lists the versions."""
+    builds: list[tuple[str, Path, str | None, dict[str, str]]] = [
+        ("berth/demo-postgres:latest", DEMO_APP / "postgres", None, {})
+    ]
+    versions = json.loads((DEMO_APP / "versions.json").read_text())
+    for version, build_args in versions.items():
+        for target in ("backend", "frontend", "worker"):
+            builds.append((f"berth/demo-{target}:{version}", DEMO_APP, target, build_args))
+    return builds
+
+
+def ensure_demo_images(rebuild: bool) -> None:
+    """The demo app's images, FROM the Debian 13 base image; rebuilt when the fixture or that image changes."""
+    base_id = run(["docker", "image", "inspect", "--format", "{{.Id}}", BASE_IMAGES[0].base_tag], capture=True)
+    digest = hashlib.sha256(f"{directory_digest(DEMO_APP)} {base_id.stdout.strip()}".encode()).hexdigest()[:16]
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    builds = demo_image_builds()
+    for tag, context, target, build_args in builds:
+        if not rebuild and image_label(tag, "berth.fixture-digest") == digest:
+            continue
+        log(f"building {tag}")
+        argv = ["docker", "build", "--quiet", "--label", f"berth.fixture-digest={digest}", "--tag", tag]
+        argv += ["--target", target] if target else []
+        for name, value in build_args.items():
+            argv += ["--build-arg", f"{name}={value}"]
+        run([*argv, str(context)], env=env, capture=True)
+    log(f"demo images ready ({len(builds)})")
+
+
 GET_PIP_STAND_IN = '''\
 """Offline stand-in for ansible-test's downloaded get-pip.py (written by tests/harness/prepare.py).
 
@@ -319,6 +352,7 @@ STEPS = {
     "engine": ensure_docker_engine,
     "compose": ensure_compose_plugin,
     "images": None,  # takes the --rebuild-images flag
+    "demo-images": None,  # takes the --rebuild-images flag
     "ansible-test": ensure_ansible_test_bootstrap,
     "link": ensure_collection_link,
 }
@@ -339,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if step == "images":
                 ensure_base_images(args.rebuild_images)
+            elif step == "demo-images":
+                ensure_demo_images(args.rebuild_images)
             else:
                 STEPS[step]()
     except HarnessError as exc:
