@@ -1,0 +1,547 @@
+# Copyright (c) berth.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Safety analysis of SQL migration files, run on the controller by the safe_migration action plugin.
+
+Each file is parsed with pglast (libpg_query, PostgreSQL's own parser) and every statement is
+classified:
+
+- ``destructive``: loses data or breaks the release that is still running (drops, truncates,
+  DELETE/UPDATE without WHERE, renames, a NOT NULL column without default on a filled table).
+  Refused unless the file carries ``-- berth:allow destructive reason="..."``.
+- ``lock-heavy``: holds a lock that blocks reads or writes for as long as a scan, an index build or
+  a table rewrite takes. Refused by the ``strict`` policy unless the file carries
+  ``-- berth:allow lock-heavy reason="..."``; the ``warn`` policy lets it run with a warning.
+- ``error``: cannot run as written (a parse error, CONCURRENTLY or VACUUM inside a transactional
+  file, transaction control inside a file, a malformed directive). Always refused.
+
+A statement without a finding is safe. Statements on a table created earlier in the same file are
+safe whatever they do: nobody else can be using that table yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+from ansible_collections.berth.stack.plugins.module_utils._migrations import parse_name, version_key
+
+try:
+    import pglast
+    from pglast import ast
+    from pglast.enums import AlterTableType, ConstrType, ObjectType
+
+    HAS_PGLAST = True
+except ImportError:
+    HAS_PGLAST = False
+
+DESTRUCTIVE = "destructive"
+LOCK_HEAVY = "lock-heavy"
+ERROR = "error"
+ALLOWABLE_CLASSES = (DESTRUCTIVE, LOCK_HEAVY)
+
+DIRECTIVE = re.compile(r"^\s*--\s*berth:(?P<name>[\w-]+)(?P<rest>.*)$")
+ALLOW = re.compile(r'^\s+(?P<cls>[\w-]+)\s+reason\s*=\s*"(?P<reason>[^"]*)"\s*$')
+
+# Rule id -> (class, why it is dangerous, the safe alternative). One table, so the README, the
+# tests and the findings all speak the same language.
+RULES = {
+    "drop-table": (
+        DESTRUCTIVE,
+        "DROP TABLE deletes the table and its data; the running release may still read it.",
+        "Contract in a later release: stop using the table, back it up, then drop it under an allowance.",
+    ),
+    "drop-schema": (
+        DESTRUCTIVE,
+        "DROP SCHEMA deletes every object in the schema.",
+        "Drop the objects one release after nothing uses them, under an allowance.",
+    ),
+    "drop-database": (
+        DESTRUCTIVE,
+        "DROP DATABASE deletes a whole database.",
+        "Never from a migration: drop databases by hand after a verified backup.",
+    ),
+    "drop-object": (
+        DESTRUCTIVE,
+        "Dropping a view, sequence, type, domain or function breaks the release that still uses it.",
+        "Drop it one release after the code stopped using it, under an allowance.",
+    ),
+    "truncate": (
+        DESTRUCTIVE,
+        "TRUNCATE deletes every row and takes an ACCESS EXCLUSIVE lock.",
+        "Delete the rows that must go in bounded batches with a WHERE clause.",
+    ),
+    "delete-without-where": (
+        DESTRUCTIVE,
+        "DELETE without WHERE deletes every row of the table.",
+        "Add a WHERE clause naming the rows to delete, and delete in bounded batches.",
+    ),
+    "update-without-where": (
+        DESTRUCTIVE,
+        "UPDATE without WHERE rewrites every row in one transaction, overwriting existing values.",
+        "Backfill in bounded batches with a WHERE clause, outside the schema change.",
+    ),
+    "drop-column": (
+        DESTRUCTIVE,
+        "DROP COLUMN deletes the column's data, and the running release fails if it still selects it.",
+        "Expand/contract: stop reading and writing the column in one release, drop it in a later one.",
+    ),
+    "rename-column": (
+        DESTRUCTIVE,
+        "Renaming a column breaks every query of the running release that names it.",
+        "Add the new column, write to both, backfill, switch reads, then drop the old one later.",
+    ),
+    "rename-table": (
+        DESTRUCTIVE,
+        "Renaming a table (or schema, or view) breaks every query of the running release that names it.",
+        "Create the new table (or a view under the new name), migrate the code, drop the old name later.",
+    ),
+    "adding-required-field": (
+        DESTRUCTIVE,
+        "ADD COLUMN ... NOT NULL without a DEFAULT fails on a table that has rows, and inserts from "
+        "the running release fail once it succeeds.",
+        "Add the column nullable (or with a constant DEFAULT), backfill, then add a NOT VALID CHECK "
+        "(col IS NOT NULL), VALIDATE it, and SET NOT NULL.",
+    ),
+    "drop-not-null": (
+        DESTRUCTIVE,
+        "DROP NOT NULL lets NULLs in that the running release does not expect.",
+        "Allow it once the running release handles NULL in that column.",
+    ),
+    "create-index-non-concurrent": (
+        LOCK_HEAVY,
+        "CREATE INDEX without CONCURRENTLY blocks all writes to the table for the whole build.",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS in a file marked -- berth:no-transaction.",
+    ),
+    "drop-index-non-concurrent": (
+        LOCK_HEAVY,
+        "DROP INDEX without CONCURRENTLY takes an ACCESS EXCLUSIVE lock on the table.",
+        "DROP INDEX CONCURRENTLY IF EXISTS in a file marked -- berth:no-transaction.",
+    ),
+    "reindex-non-concurrent": (
+        LOCK_HEAVY,
+        "REINDEX without CONCURRENTLY blocks writes (and reads that use the index) for the whole rebuild.",
+        "REINDEX ... CONCURRENTLY in a file marked -- berth:no-transaction.",
+    ),
+    "foreign-key-without-not-valid": (
+        LOCK_HEAVY,
+        "Adding a foreign key validates every row while blocking writes on both tables.",
+        "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later statement.",
+    ),
+    "check-without-not-valid": (
+        LOCK_HEAVY,
+        "Adding a CHECK constraint scans the whole table under an ACCESS EXCLUSIVE lock.",
+        "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later statement.",
+    ),
+    "unique-constraint": (
+        LOCK_HEAVY,
+        "Adding a UNIQUE constraint builds its index under an ACCESS EXCLUSIVE lock.",
+        "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX.",
+    ),
+    "primary-key-constraint": (
+        LOCK_HEAVY,
+        "Adding a PRIMARY KEY builds its index (and checks NOT NULL) under an ACCESS EXCLUSIVE lock.",
+        "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... PRIMARY KEY USING INDEX.",
+    ),
+    "exclusion-constraint": (
+        LOCK_HEAVY,
+        "Adding an EXCLUDE constraint builds its index under an ACCESS EXCLUSIVE lock; there is no concurrent variant.",
+        "Add it while the table is small or in a maintenance window, under an allowance.",
+    ),
+    "set-not-null": (
+        LOCK_HEAVY,
+        "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock.",
+        "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT c, then SET NOT NULL "
+        "(PostgreSQL 12+ skips the scan), then drop the CHECK.",
+    ),
+    "changing-column-type": (
+        LOCK_HEAVY,
+        "Changing a column's type usually rewrites the table and its indexes under an ACCESS EXCLUSIVE lock.",
+        "Add a new column of the new type, backfill in batches, switch the code, drop the old column later. "
+        "(varchar(n) to text or a longer varchar does not rewrite: allow it with a reason.)",
+    ),
+    "volatile-default": (
+        LOCK_HEAVY,
+        "ADD COLUMN with a volatile DEFAULT (random(), clock_timestamp(), gen_random_uuid(), nextval) "
+        "rewrites the whole table under an ACCESS EXCLUSIVE lock.",
+        "Add the column without a default, set the default in a second statement, backfill in batches.",
+    ),
+    "rewriting-column": (
+        LOCK_HEAVY,
+        "Adding a serial, identity or stored generated column rewrites the whole table under an ACCESS EXCLUSIVE lock.",
+        "Add a plain nullable column, attach a sequence default, backfill in batches.",
+    ),
+    "table-rewrite": (
+        LOCK_HEAVY,
+        "VACUUM FULL, CLUSTER, SET TABLESPACE and SET LOGGED/UNLOGGED rewrite the table under an "
+        "ACCESS EXCLUSIVE lock.",
+        "Use pg_repack or plain VACUUM; move or re-log tables in a maintenance window.",
+    ),
+    "lock-table": (
+        LOCK_HEAVY,
+        "An explicit LOCK holds the table for the rest of the transaction.",
+        "Rely on the locks the statements take themselves; keep the file short.",
+    ),
+    "refresh-matview-non-concurrent": (
+        LOCK_HEAVY,
+        "REFRESH MATERIALIZED VIEW without CONCURRENTLY blocks reads of the view until it finishes.",
+        "REFRESH MATERIALIZED VIEW CONCURRENTLY (needs a unique index on the view).",
+    ),
+    "alter-domain-add-constraint": (
+        LOCK_HEAVY,
+        "ALTER DOMAIN ... ADD CONSTRAINT checks every column of that domain in every table.",
+        "ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT.",
+    ),
+    "concurrently-in-transaction": (
+        ERROR,
+        "CONCURRENTLY cannot run inside a transaction block; this file runs in one.",
+        "Put the statement in its own file whose first line is -- berth:no-transaction.",
+    ),
+    "needs-no-transaction": (
+        ERROR,
+        "VACUUM, CREATE/DROP DATABASE and ALTER SYSTEM cannot run inside a transaction block.",
+        "Put the statement in its own file whose first line is -- berth:no-transaction.",
+    ),
+    "transaction-control": (
+        ERROR,
+        "BEGIN/COMMIT/ROLLBACK inside a file breaks the per-file transaction that keeps history consistent.",
+        "Remove it; each file already runs in its own transaction (or in autocommit with -- berth:no-transaction).",
+    ),
+    "parse-error": (
+        ERROR,
+        "PostgreSQL's parser rejects this file.",
+        "Fix the syntax; run the file against a scratch database first.",
+    ),
+    "bad-directive": (
+        ERROR,
+        "A berth: directive is malformed, unknown, or an allowance has no reason.",
+        'Use -- berth:no-transaction or -- berth:allow destructive|lock-heavy reason="why this is safe".',
+    ),
+}
+
+# Functions whose value differs per row, so a DEFAULT calling them forces a table rewrite.
+VOLATILE_FUNCTIONS = {
+    "random",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "uuidv4",
+    "uuidv7",
+    "nextval",
+    "txid_current",
+}
+SERIAL_TYPES = {"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"}
+REWRITING_SUBTYPES = {"AT_SetTableSpace", "AT_SetLogged", "AT_SetUnLogged", "AT_SetAccessMethod"}
+DROPPED_OBJECTS = {
+    "OBJECT_VIEW",
+    "OBJECT_MATVIEW",
+    "OBJECT_SEQUENCE",
+    "OBJECT_TYPE",
+    "OBJECT_DOMAIN",
+    "OBJECT_FUNCTION",
+    "OBJECT_PROCEDURE",
+    "OBJECT_FOREIGN_TABLE",
+}
+
+
+def table_name(relation) -> str:
+    """schema.table as PostgreSQL folded it; public is implied, so that `t` and `public.t` match."""
+    schema = relation.schemaname
+    return relation.relname if schema in (None, "public") else f"{schema}.{relation.relname}"
+
+
+def _finding(rule: str, statement: dict, table: str | None = None, **extra) -> dict:
+    cls, why, alternative = RULES[rule]
+    return {
+        "rule": rule,
+        "class": cls,
+        "line": statement["line"],
+        "statement": statement["sql"][:200],
+        "table": table,
+        "why": why,
+        "alternative": alternative,
+        **extra,
+    }
+
+
+def parse_directives(text: str) -> tuple[bool, dict, list]:
+    """(transactional, {class: reason}, directive errors as (line, message))."""
+    transactional = True
+    allowances = {}
+    errors = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = DIRECTIVE.match(line)
+        if not match:
+            continue
+        name, rest = match["name"], match["rest"]
+        if name == "no-transaction" and not rest.strip():
+            transactional = False
+        elif name == "allow":
+            allow = ALLOW.match(rest)
+            if not allow or allow["cls"] not in ALLOWABLE_CLASSES or not allow["reason"].strip():
+                errors.append((number, f"malformed allowance {line.strip()!r}"))
+            else:
+                allowances[allow["cls"]] = allow["reason"].strip()
+        else:
+            errors.append((number, f"unknown directive {line.strip()!r}"))
+    return transactional, allowances, errors
+
+
+def split_statements(text: str) -> list:
+    """Statements with their text and 1-based starting line (pglast reports character offsets)."""
+    statements = []
+    for parsed in pglast.parse_sql(text):
+        start = parsed.stmt_location or 0
+        end = start + parsed.stmt_len if parsed.stmt_len else len(text)
+        statements.append(
+            {
+                "sql": text[start:end].strip(),
+                "line": text[:start].count("\n") + 1,
+                "node": parsed.stmt,
+                "tables": [],
+            }
+        )
+    return statements
+
+
+def _constraint_rule(constraint) -> str | None:
+    kind = constraint.contype
+    if kind == ConstrType.CONSTR_FOREIGN and not constraint.skip_validation:
+        return "foreign-key-without-not-valid"
+    if kind == ConstrType.CONSTR_CHECK and not constraint.skip_validation:
+        return "check-without-not-valid"
+    if kind == ConstrType.CONSTR_UNIQUE and not constraint.indexname:
+        return "unique-constraint"
+    if kind == ConstrType.CONSTR_PRIMARY and not constraint.indexname:
+        return "primary-key-constraint"
+    if kind == ConstrType.CONSTR_EXCLUSION:
+        return "exclusion-constraint"
+    return None
+
+
+def _default_is_volatile(expression) -> bool:
+    # Any call of a volatile function anywhere in the expression (e.g. md5(random()::text)).
+    for node in _walk(expression):
+        if isinstance(node, ast.FuncCall) and node.funcname[-1].sval.lower() in VOLATILE_FUNCTIONS:
+            return True
+    return False
+
+
+def _walk(node):
+    if isinstance(node, ast.Node):
+        yield node
+        for attribute in node:
+            yield from _walk(getattr(node, attribute))
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from _walk(item)
+
+
+def _add_column_rules(column) -> list:
+    constraints = column.constraints or ()
+    kinds = {constraint.contype for constraint in constraints}
+    rules = []
+    type_name = column.typeName.names[-1].sval.lower() if column.typeName else ""
+    if (
+        ConstrType.CONSTR_IDENTITY in kinds
+        or type_name in SERIAL_TYPES
+        or any(c.contype == ConstrType.CONSTR_GENERATED and c.generated_kind == "s" for c in constraints)
+    ):
+        rules.append("rewriting-column")
+    default = next((c.raw_expr for c in constraints if c.contype == ConstrType.CONSTR_DEFAULT), None)
+    if default is not None and _default_is_volatile(default):
+        rules.append("volatile-default")
+    if (
+        ConstrType.CONSTR_NOTNULL in kinds
+        and default is None
+        and not {ConstrType.CONSTR_IDENTITY, ConstrType.CONSTR_GENERATED} & kinds
+        and type_name not in SERIAL_TYPES
+    ):
+        rules.append("adding-required-field")
+    for constraint in constraints:
+        rule = _constraint_rule(constraint)
+        if rule:
+            rules.append(rule)
+    return rules
+
+
+def _alter_table_rules(node) -> list:
+    rules = []
+    for command in node.cmds:
+        subtype = command.subtype
+        if subtype == AlterTableType.AT_AddColumn:
+            rules.extend(_add_column_rules(command.def_))
+        elif subtype == AlterTableType.AT_DropColumn:
+            rules.append("drop-column")
+        elif subtype == AlterTableType.AT_SetNotNull:
+            rules.append("set-not-null")
+        elif subtype == AlterTableType.AT_DropNotNull:
+            rules.append("drop-not-null")
+        elif subtype == AlterTableType.AT_AlterColumnType:
+            rules.append("changing-column-type")
+        elif subtype == AlterTableType.AT_AddConstraint:
+            rule = _constraint_rule(command.def_)
+            if rule:
+                rules.append(rule)
+        elif subtype.name in REWRITING_SUBTYPES:
+            rules.append("table-rewrite")
+    return rules
+
+
+def _has_option(options, name: str) -> bool:
+    return any(getattr(option, "defname", None) == name for option in options or ())
+
+
+def statement_rules(node, transactional: bool) -> tuple[list, list]:
+    """(rules that apply, tables the statement touches) for one parsed statement."""
+    if isinstance(node, ast.AlterTableStmt):
+        return _alter_table_rules(node), [table_name(node.relation)]
+    if isinstance(node, ast.IndexStmt):
+        if node.concurrent:
+            return (["concurrently-in-transaction"] if transactional else []), [table_name(node.relation)]
+        return ["create-index-non-concurrent"], [table_name(node.relation)]
+    if isinstance(node, ast.DropStmt):
+        kind = node.removeType.name
+        if kind == "OBJECT_INDEX":
+            if node.concurrent:
+                return (["concurrently-in-transaction"] if transactional else []), []
+            return ["drop-index-non-concurrent"], []
+        if kind == "OBJECT_TABLE":
+            names = [".".join(part.sval for part in name) for name in node.objects]
+            return ["drop-table"], [name.removeprefix("public.") for name in names]
+        if kind == "OBJECT_SCHEMA":
+            return ["drop-schema"], []
+        if kind in DROPPED_OBJECTS:
+            return ["drop-object"], []
+        return [], []
+    if isinstance(node, ast.DropdbStmt):
+        return ["drop-database"] + (["needs-no-transaction"] if transactional else []), []
+    if isinstance(node, ast.TruncateStmt):
+        return ["truncate"], [table_name(relation) for relation in node.relations]
+    if isinstance(node, ast.DeleteStmt):
+        return ([] if node.whereClause is not None else ["delete-without-where"]), [table_name(node.relation)]
+    if isinstance(node, ast.UpdateStmt):
+        return ([] if node.whereClause is not None else ["update-without-where"]), [table_name(node.relation)]
+    if isinstance(node, ast.RenameStmt):
+        tables = [table_name(node.relation)] if node.relation else []
+        if node.renameType == ObjectType.OBJECT_COLUMN:
+            return ["rename-column"], tables
+        if node.renameType.name in {"OBJECT_TABLE", "OBJECT_SCHEMA", "OBJECT_VIEW", "OBJECT_MATVIEW"}:
+            return ["rename-table"], tables
+        return [], tables
+    if isinstance(node, ast.ReindexStmt):
+        if _has_option(node.params, "concurrently"):
+            return (["concurrently-in-transaction"] if transactional else []), []
+        return ["reindex-non-concurrent"], []
+    if isinstance(node, ast.VacuumStmt):
+        tables = [table_name(rel.relation) for rel in node.rels or () if rel.relation is not None]
+        rules = ["needs-no-transaction"] if transactional and node.is_vacuumcmd else []
+        if _has_option(node.options, "full"):
+            rules.append("table-rewrite")
+        return rules, tables
+    if isinstance(node, ast.ClusterStmt):
+        return ["table-rewrite"], [table_name(node.relation)] if node.relation else []
+    if isinstance(node, ast.LockStmt):
+        return ["lock-table"], [table_name(relation) for relation in node.relations]
+    if isinstance(node, ast.RefreshMatViewStmt):
+        return ([] if node.concurrent else ["refresh-matview-non-concurrent"]), [table_name(node.relation)]
+    if isinstance(node, ast.AlterDomainStmt):
+        return (["alter-domain-add-constraint"] if node.subtype == "C" else []), []
+    if isinstance(node, ast.TransactionStmt):
+        return ["transaction-control"], []
+    if isinstance(node, (ast.CreatedbStmt, ast.AlterSystemStmt)) and transactional:
+        return ["needs-no-transaction"], []
+    return [], []
+
+
+def created_table(node) -> str | None:
+    if isinstance(node, ast.CreateStmt):
+        return table_name(node.relation)
+    if isinstance(node, ast.CreateTableAsStmt) and node.into is not None:
+        return table_name(node.into.rel)
+    return None
+
+
+def analyse(name: str, text: str) -> dict:
+    """Statements, transaction mode, allowances and findings of one migration file."""
+    transactional, allowances, directive_errors = parse_directives(text)
+    findings = [
+        _finding("bad-directive", {"line": line, "sql": message}, detail=message) for line, message in directive_errors
+    ]
+    try:
+        statements = split_statements(text)
+    except pglast.parser.ParseError as error:
+        position = error.args[1] if len(error.args) > 1 else 0
+        line = text[:position].count("\n") + 1
+        findings.append(_finding("parse-error", {"line": line, "sql": ""}, detail=error.args[0]))
+        statements = []
+    created = set()
+    for statement in statements:
+        node = statement.pop("node")
+        rules, tables = statement_rules(node, transactional)
+        statement["tables"] = tables
+        fresh = bool(tables) and all(table in created for table in tables)
+        for rule in rules:
+            # A table this file created cannot be in use yet; errors stay errors regardless.
+            if fresh and RULES[rule][0] != ERROR:
+                continue
+            extra = {"needs_rows": True} if rule == "adding-required-field" else {}
+            findings.append(_finding(rule, statement, tables[0] if tables else None, **extra))
+        new_table = created_table(node)
+        if new_table:
+            created.add(new_table)
+    for finding in findings:
+        finding["file"] = name
+    return {
+        "transactional": transactional,
+        "allowances": allowances,
+        "statements": statements,
+        "findings": sorted(findings, key=lambda finding: finding["line"]),
+    }
+
+
+class MigrationFileError(ValueError):
+    """A migration directory or file that cannot be used, with a message naming it."""
+
+
+def load_directory(directory: str) -> list:
+    """Every migration file of a directory, read, checksummed and analysed, in version order."""
+    if not os.path.isdir(directory):
+        raise MigrationFileError(f"directory: {directory} does not exist or is not a directory on the controller")
+    migrations, seen = [], {}
+    for filename in sorted(os.listdir(directory)):
+        if not filename.endswith(".sql"):
+            continue
+        parsed = parse_name(filename)
+        if parsed is None:
+            raise MigrationFileError(
+                f"{os.path.join(directory, filename)}: not a migration name; use V<version>__<description>.sql, "
+                "for example V0003__add_status.sql"
+            )
+        version, description = parsed
+        if version_key(version) in seen:
+            raise MigrationFileError(f"{filename} and {seen[version_key(version)]} have the same version {version}")
+        seen[version_key(version)] = filename
+        path = os.path.join(directory, filename)
+        try:
+            with open(path, "rb") as handle:
+                content = handle.read()
+            text = content.decode("utf-8")
+        except OSError as error:
+            raise MigrationFileError(f"cannot read migration file {path}: {error.strerror}") from error
+        except UnicodeDecodeError as error:
+            raise MigrationFileError(f"cannot read migration file {path}: not UTF-8 ({error.reason})") from error
+        analysis = analyse(filename, text)
+        migrations.append(
+            {
+                "file": filename,
+                "version": version,
+                "description": description,
+                "checksum": hashlib.sha256(content).hexdigest(),
+                **analysis,
+            }
+        )
+    return sorted(migrations, key=lambda item: version_key(item["version"]))

@@ -1,0 +1,128 @@
+"""Helpers for the safe_migration tests: PostgreSQL binaries, clusters and a module runner.
+
+One cluster per test session (initdb as the postgres user into a temporary directory, on a free
+loopback port), one fresh database per test. The module runs as a real process with its arguments
+in a file, the way Ansible hands them over; Mode 1 arguments come from the action plugin's own
+directory loader, so the analysis the tests see is the one the controller computes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from ansible_collections.berth.stack.plugins.plugin_utils import _migration_analysis as analysis
+
+REPO = Path(__file__).resolve().parents[3]
+COLLECTIONS = REPO / ".ansible" / "collections"
+MODULE = REPO / "plugins" / "modules" / "safe_migration.py"
+PASSWORD = "berth-test-secret"  # noqa: S105 - the throwaway test cluster's password
+
+
+def postgres_bin() -> Path:
+    """The newest PostgreSQL installed from Debian's packages."""
+    versions = [path for path in Path("/usr/lib/postgresql").glob("*/bin") if re.fullmatch(r"\d+", path.parent.name)]
+    if not versions:
+        pytest.fail("no PostgreSQL under /usr/lib/postgresql (make unit installs Debian's postgresql)")
+    return max(versions, key=lambda path: int(path.parent.name))
+
+
+def as_postgres(argv: list) -> list:
+    """initdb and postgres refuse to run as root."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Cluster:
+    bin: Path
+    port: int
+    socket_dir: str
+
+    def connect(self, database: str = "postgres", **kwargs) -> psycopg.Connection:
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", password=PASSWORD, dbname=database, **kwargs
+        )
+
+
+def module_process(
+    args: dict, tmp_path: Path, check_mode: bool = False, environment: dict | None = None
+) -> subprocess.Popen:
+    """Start the module with its arguments file; Mode 1 first runs the controller-side loader."""
+    args = dict(args)
+    if "directory" in args:
+        args["migrations"] = analysis.load_directory(str(args["directory"]))
+        args["directory"] = str(args["directory"])
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    args_file = tmp_path / f"args-{uuid.uuid4().hex[:8]}.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    environment = {**os.environ, **(environment or {}), "PYTHONPATH": str(COLLECTIONS)}
+    environment["PATH"] = f"{postgres_bin()}:{environment['PATH']}"
+    return subprocess.Popen(
+        [sys.executable, str(MODULE), str(args_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+
+
+def result_of(process: subprocess.Popen, timeout: float = 60) -> dict:
+    stdout, stderr = process.communicate(timeout=timeout)
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"module printed no JSON (exit {process.returncode}): {stdout}\n{stderr}")
+
+
+@dataclass
+class Database:
+    cluster: Cluster
+    name: str
+
+    def connect(self, **kwargs) -> psycopg.Connection:
+        return self.cluster.connect(self.name, **kwargs)
+
+    def rows(self, sql: str, params: tuple | None = None) -> list:
+        with self.connect(autocommit=True) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    def run(self, sql: str) -> None:
+        with self.connect(autocommit=True) as connection:
+            connection.execute(sql)
+
+    def params(self, **extra) -> dict:
+        return {
+            "host": "127.0.0.1",
+            "port": self.cluster.port,
+            "user": "postgres",
+            "password": PASSWORD,
+            "database": self.name,
+            "sslmode": "disable",
+            "backup": False,
+            **extra,
+        }
+
+    def history(self) -> list:
+        exists = self.rows("SELECT to_regclass('public.berth_schema_history') IS NOT NULL")[0][0]
+        if not exists:
+            return []
+        return self.rows(
+            "SELECT version, description, checksum, execution_ms, applied_by, allowance_reason "
+            "FROM berth_schema_history ORDER BY version"
+        )
