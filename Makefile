@@ -47,7 +47,7 @@ sanity: venv ## ansible-test sanity on a copy of the checkout
 	tests/harness/sanity.sh
 
 unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the code talks to them)
-	python3 tests/harness/prepare.py --only packages --only engine --only compose --only link
+	python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
 	pytest -p no:cacheprovider tests/unit
 
 molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=converge|verify|destroy...)
@@ -71,6 +71,11 @@ demo: prepare ## Provision a local Debian 13 container with deploy.yml and show 
 
 demo-clean: venv ## Remove the demo target
 	ansible-playbook tests/harness/demo_target.yml -e berth_demo_state=absent
+
+.PHONY: bench-migration-locks
+bench-migration-locks: venv ## Benchmark: app query stalls during an ALTER, plain psql vs safe_migration
+	python3 tests/harness/prepare.py --only packages --only link
+	python bench/migration_locks.py
 
 build: venv ## Build the collection tarball
 	ansible-galaxy collection build --force --output-path build/

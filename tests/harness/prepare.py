@@ -108,7 +108,18 @@ def ensure_host_packages() -> None:
         raise HarnessError(f"packages {', '.join(missing)} are missing and this machine has no apt-get (Debian/Ubuntu)")
     log(f"installing {' '.join(missing)}")
     run(["apt-get", "update", "-qq"], env=apt_env())
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=apt_env(), capture=True)
+    # Tests start the services they need themselves (nginx, PostgreSQL clusters on their own ports):
+    # a policy-rc.d for the install keeps the packaged services from starting on ports 80 and 5432.
+    policy = Path("/usr/sbin/policy-rc.d")
+    temporary_policy = not policy.exists()
+    if temporary_policy:
+        policy.write_text("#!/bin/sh\n# written by berth.stack tests/harness/prepare.py for one install\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=apt_env(), capture=True)
+    finally:
+        if temporary_policy:
+            policy.unlink()
 
 
 def docker_answers() -> bool:

@@ -1,0 +1,73 @@
+# Copyright (c) berth.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""nginx upstream files as the nginx role and the rollout share them.
+
+One file per upstream, ``<upstreams_dir>/<name>.conf``, holding exactly one ``upstream`` block
+that the nginx role's http context includes. The rollout replaces a file atomically (a temporary
+file in the same directory, then rename), checks the whole configuration with ``nginx -t``, and
+restores the previous contents when the check fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+FILE_MODE = 0o644
+
+
+def upstream_path(upstreams_dir, name):
+    return os.path.join(upstreams_dir, f"{name}.conf")
+
+
+def render_upstream(name, ports, keepalive=16, comment=None, host="127.0.0.1"):
+    """The file content for one upstream: a server line per port, keepalive to the backends."""
+    lines = [f"# {comment}"] if comment else []
+    lines.append(f"upstream {name} {{")
+    # max_fails=0: the rollout's gates decide whether a backend is good, not nginx's passive checks,
+    # so a burst of errors never takes the only server of an upstream out of rotation.
+    lines += [f"    server {host}:{port} max_fails=0;" for port in ports]
+    lines += [f"    keepalive {keepalive};", "}", ""]
+    return "\n".join(lines)
+
+
+def read_file(path):
+    """The file's content, or None when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def upstream_ports(content):
+    """The ports of the 127.0.0.1 servers an upstream file names (to tell which color it points at)."""
+    return [int(port) for port in re.findall(r"^\s*server\s+127\.0\.0\.1:(\d+)\b", content or "", re.MULTILINE)]
+
+
+def write_atomically(path, content, mode=FILE_MODE):
+    """Replace ``path`` with ``content`` in one rename, so nginx never reads half a file."""
+    directory = os.path.dirname(path)
+    fd, temporary = tempfile.mkstemp(prefix=".berth-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def restore(path, previous):
+    """Put back what ``read_file()`` returned before a change (None: the file did not exist)."""
+    if previous is None:
+        if os.path.exists(path):
+            os.unlink(path)
+    else:
+        write_atomically(path, previous)

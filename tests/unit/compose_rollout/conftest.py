@@ -1,0 +1,312 @@
+"""Real parts for compose_rollout's tests: the Docker engine with the demo images, PostgreSQL in a
+container, and an nginx started from the test with its own prefix on 127.0.0.1 high ports.
+
+Everything is named crtest-* (containers, projects, network) and removed at the end.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+MIGRATIONS = REPO / "tests" / "fixtures" / "demo-app" / "migrations"
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+APP = "crtest"
+NETWORK = "crtest-net"
+NGINX_PORT = 18250
+PLACEHOLDER_PORT = 18251
+DATABASE_PORT = 18260
+PORTS = {"backend": {"blue": 18210, "green": 18220}, "frontend": {"blue": 18211, "green": 18221}}
+DEMO_IMAGES = [
+    f"berth/demo-{part}:{version}" for part in ("backend", "frontend", "worker") for version in ("v1", "v2", "v3")
+]
+
+
+def sh(*argv, check=True, timeout=180, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=timeout, **kwargs)
+
+
+def http_get(url, timeout=3):
+    """(status, body) of one GET; (None, reason) when the connection fails."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - 127.0.0.1 test URLs
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return None, str(exc)
+
+
+def remove_everything():
+    for project in (f"{APP}-blue", f"{APP}-green", f"{APP}-data"):
+        sh("docker", "compose", "--project-name", project, "down", "--volumes", "--timeout", "2", check=False)
+    sh("docker", "network", "rm", NETWORK, check=False)
+
+
+@pytest.fixture(scope="session")
+def demo_images():
+    missing = [image for image in DEMO_IMAGES if sh("docker", "image", "inspect", image, check=False).returncode]
+    if missing:
+        pytest.fail(f"demo images missing ({', '.join(missing)}): run `make prepare`")
+
+
+@pytest.fixture(scope="session")
+def database(demo_images, tmp_path_factory):
+    """The data project: PostgreSQL on the shared network, migrated, published on 127.0.0.1 only."""
+    remove_everything()
+    sh("docker", "network", "create", NETWORK)
+    compose = tmp_path_factory.mktemp("data") / "compose.yaml"
+    compose.write_text(
+        yaml.safe_dump(
+            {
+                "services": {
+                    "db": {
+                        "image": "berth/demo-postgres:latest",
+                        "environment": {"POSTGRES_USER": "demo", "POSTGRES_PASSWORD": "crtest", "POSTGRES_DB": "demo"},
+                        "ports": [f"127.0.0.1:{DATABASE_PORT}:5432"],
+                        "networks": {"app": {"aliases": ["crtest-db"]}},
+                    }
+                },
+                "networks": {"app": {"external": True, "name": NETWORK}},
+            }
+        )
+    )
+    sh("docker", "compose", "--project-name", f"{APP}-data", "--file", str(compose), "up", "--detach", "--wait")
+    env = {**os.environ, "PGPASSWORD": "crtest"}
+    for migration in sorted(MIGRATIONS.glob("V*.sql")):
+        sh(
+            PSQL,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(DATABASE_PORT),
+            "-U",
+            "demo",
+            "-d",
+            "demo",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-f",
+            str(migration),
+            env=env,
+        )
+    yield
+    remove_everything()
+
+
+class Nginx:
+    def __init__(self, prefix: Path):
+        self.prefix = prefix
+        self.upstreams = prefix / "upstreams"
+        self.conf = prefix / "nginx.conf"
+        self.base = ["nginx", "-p", str(prefix), "-c", str(self.conf), "-e", str(prefix / "error.log")]
+
+    @property
+    def test_command(self):
+        return [*self.base, "-t", "-q"]
+
+    @property
+    def reload_command(self):
+        return [*self.base, "-s", "reload"]
+
+    def write_config(self):
+        self.upstreams.mkdir(parents=True)
+        for name in ("crtest_backend", "crtest_frontend"):
+            (self.upstreams / f"{name}.conf").write_text(
+                f"upstream {name} {{\n    server 127.0.0.1:{PLACEHOLDER_PORT} max_fails=0;\n    keepalive 16;\n}}\n"
+            )
+        self.conf.write_text(
+            f"""
+# The test runs as root in a private prefix; workers need its temporary directories.
+user root;
+worker_processes 1;
+pid {self.prefix}/nginx.pid;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {self.prefix}/client_temp;
+    proxy_temp_path {self.prefix}/proxy_temp;
+    fastcgi_temp_path {self.prefix}/fastcgi_temp;
+    uwsgi_temp_path {self.prefix}/uwsgi_temp;
+    scgi_temp_path {self.prefix}/scgi_temp;
+    include {self.upstreams}/*.conf;
+    server {{
+        listen 127.0.0.1:{PLACEHOLDER_PORT};
+        return 503 "no release deployed yet\\n";
+    }}
+    server {{
+        listen 127.0.0.1:{NGINX_PORT};
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location /api/ {{ proxy_pass http://crtest_backend; }}
+        location /missing/ {{ return 404; }}
+        location / {{ proxy_pass http://crtest_frontend; }}
+    }}
+}}
+"""
+        )
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory):
+    nginx = Nginx(tmp_path_factory.mktemp("nginx"))
+    nginx.write_config()
+    sh(*nginx.base)
+    yield nginx
+    sh(*nginx.base, "-s", "quit", check=False)
+
+
+def compose_file(version, overrides=None):
+    """The release's compose file, as compose_app renders it: ports from BERTH_PORT_*, the shared network."""
+    database = {"PGHOST": "crtest-db", "PGUSER": "demo", "PGPASSWORD": "crtest", "PGDATABASE": "demo"}
+    services = {
+        "backend": {
+            "image": f"berth/demo-backend:{version}",
+            "environment": database,
+            "ports": ["127.0.0.1:${BERTH_PORT_BACKEND}:8000"],
+        },
+        "worker": {"image": f"berth/demo-worker:{version}", "environment": database},
+        "frontend": {"image": f"berth/demo-frontend:{version}", "ports": ["127.0.0.1:${BERTH_PORT_FRONTEND}:8000"]},
+    }
+    for name, service in services.items():
+        service.update(networks=["app"], **(overrides or {}).get(name, {}))
+    return {"services": services, "networks": {"app": {"external": True, "name": NETWORK}}}
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("crtest")
+
+
+@pytest.fixture(scope="session")
+def release(workdir):
+    def make(release_id, version, overrides=None):
+        directory = workdir / "releases" / release_id
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "compose.yaml").write_text(yaml.safe_dump(compose_file(version, overrides)))
+        return directory
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def rollout(database, nginx, workdir):
+    """Run the module through ansible-playbook, as a play would; returns the task's result."""
+
+    def run(release_dir, release_id, check=False, diff=False, **overrides):
+        args = {
+            "app": APP,
+            "release": release_id,
+            "release_dir": str(release_dir),
+            "state_dir": str(workdir / "state"),
+            "upstreams_dir": str(nginx.upstreams),
+            "nginx_url": f"http://127.0.0.1:{NGINX_PORT}",
+            "nginx_test_command": nginx.test_command,
+            "nginx_reload_command": nginx.reload_command,
+            "drain_seconds": 1,
+            "stop_timeout": 3,
+            "services": [
+                {
+                    "name": "backend",
+                    "ports": PORTS["backend"],
+                    "upstream": "crtest_backend",
+                    "health_timeout": 30,
+                    "probes": [
+                        {
+                            "path": "/api/health",
+                            "expect": "status == 'ok' && database == 'connected'",
+                            "successes": 3,
+                            "interval": 0.2,
+                            "timeout": 4,
+                        }
+                    ],
+                },
+                {"name": "worker", "health_timeout": 30},
+                {
+                    "name": "frontend",
+                    "ports": PORTS["frontend"],
+                    "upstream": "crtest_frontend",
+                    "health_timeout": 30,
+                    "probes": [{"path": "/healthz", "nginx_path": "/", "successes": 2, "interval": 0.2, "timeout": 4}],
+                },
+            ],
+        }
+        args.update(overrides)
+        playbook = workdir / f"play-{release_id}.yml"
+        play = {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "tasks": [{"name": "rollout", "berth.stack.compose_rollout": args, "ignore_errors": True}],
+        }
+        playbook.write_text(yaml.safe_dump([play]))
+        argv = [shutil.which("ansible-playbook") or str(REPO / ".venv/bin/ansible-playbook"), str(playbook)]
+        argv += ["--check"] if check else []
+        argv += ["--diff"] if diff else []
+        env = {
+            **os.environ,
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+            "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".ansible" / "collections"),
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+        }
+        completed = sh(*argv, env=env, cwd=REPO, check=False, timeout=300)
+        try:
+            output = json.loads(completed.stdout)
+        except ValueError:
+            pytest.fail(f"ansible-playbook printed no JSON: {completed.stdout[-2000:]} {completed.stderr[-2000:]}")
+        return output["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def state_file(workdir):
+    def read():
+        path = workdir / "state" / "state.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    return read
+
+
+def container_states(project):
+    """service -> State.Status of a project's containers."""
+    ids = sh(
+        "docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}"
+    ).stdout.split()
+    if not ids:
+        return {}
+    documents = json.loads(sh("docker", "inspect", *ids).stdout)
+    return {doc["Config"]["Labels"]["com.docker.compose.service"]: doc["State"]["Status"] for doc in documents}
+
+
+def inspect_service(project, service):
+    ids = sh(
+        "docker",
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        f"label=com.docker.compose.project={project}",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+    ).stdout.split()
+    return json.loads(sh("docker", "inspect", *ids).stdout)[0]
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()

@@ -1,0 +1,164 @@
+"""compose_rollout's pure helpers: consecutive-success counting, body assertions, state history, upstream text."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from ansible_collections.berth.stack.plugins.module_utils import _health as health
+from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
+from ansible_collections.berth.stack.plugins.module_utils import _release_state as states
+
+
+class FakeClock:
+    """Time for probe_until without sleeping: each sleep advances the clock."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def scripted(outcomes):
+    answers = iter(outcomes)
+
+    def check():
+        return {"ok": next(answers)}
+
+    return check
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "successes", "passed", "attempts"),
+    [
+        ([True, True, True], 3, True, 3),
+        ([True, False, True, True, True], 3, True, 5),  # a failure resets the streak
+        ([False] * 20, 1, False, 11),  # interval 1, timeout 10: attempts at t=0..10
+        ([True, True, False] * 10, 3, False, 11),
+        ([False, True], 1, True, 2),
+    ],
+)
+def test_probe_until_counts_consecutive_successes(outcomes, successes, passed, attempts):
+    clock = FakeClock()
+    result = health.probe_until(scripted(outcomes), successes, interval=1, timeout=10, clock=clock, sleep=clock.sleep)
+    assert result[:2] == (passed, attempts)
+
+
+@pytest.fixture(scope="module")
+def answering_server():
+    """A real HTTP server on 127.0.0.1 whose answer per path the tests choose."""
+    answers = {
+        "/healthy": (200, {"status": "ok", "database": "connected"}),
+        "/broken-db": (200, {"status": "ok", "database": "disconnected"}),
+        "/error": (500, {"status": "error"}),
+        "/text": (200, "plain text"),
+        "/redirect": (302, {}),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = answers[self.path]
+            raw = (body if isinstance(body, str) else json.dumps(body)).encode()
+            self.send_response(status)
+            if status == 302:
+                self.send_header("Location", "/healthy")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 18279), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:18279"
+    server.shutdown()
+
+
+EXPRESSION = "status == 'ok' && database == 'connected'"
+
+
+@pytest.mark.parametrize(
+    ("path", "expression", "ok", "reason"),
+    [
+        ("/healthy", EXPRESSION, True, None),
+        ("/broken-db", EXPRESSION, False, "is false on the body"),
+        ("/broken-db", None, True, None),  # a status-only probe cannot see v3's defect
+        ("/error", EXPRESSION, False, "status 500, expected 200"),
+        ("/text", EXPRESSION, False, "body is not JSON"),
+        ("/redirect", None, False, "status 302, expected 200"),
+    ],
+)
+def test_probe_judges_status_and_body(answering_server, path, expression, ok, reason):
+    result = health.probe(answering_server + path, expression=expression, timeout=2)
+    assert result["ok"] is ok
+    if reason:
+        assert reason in result["reason"]
+
+
+def test_probe_reports_a_refused_connection():
+    result = health.probe("http://127.0.0.1:18298/api/health", timeout=2)
+    assert result["ok"] is False
+    assert "request failed" in result["reason"]
+
+
+def test_invalid_expression_names_it():
+    with pytest.raises(ValueError, match="invalid JMESPath expression 'status =='"):
+        health.compile_expression("status ==")
+
+
+def test_release_history_keeps_the_newest_and_moves_a_rollback_to_the_front():
+    state = states.empty_state("demo")
+    for number in range(1, 5):
+        pruned = states.record_release(state, f"r{number}", "blue", f"/d/r{number}", {}, f"t{number}", keep=3)
+    assert [item["release"] for item in state["releases"]] == ["r4", "r3", "r2"]
+    assert [item["release"] for item in pruned] == ["r1"]
+    states.record_release(state, "r2", "green", "/d/r2", {}, "t5", keep=3)
+    assert [item["release"] for item in state["releases"]] == ["r2", "r4", "r3"]
+    assert state["active"] == {"color": "green", "release": "r2", "since": "t5"}
+
+
+def test_next_color_alternates_and_starts_blue():
+    state = states.empty_state("demo")
+    assert states.next_color(state) == "blue"
+    state["active"] = {"color": "blue", "release": "r1"}
+    assert states.next_color(state) == "green"
+
+
+def test_state_file_round_trip_and_refusals(tmp_path):
+    path = tmp_path / "demo" / "state.json"
+    assert states.load_state(str(path), "demo") == states.empty_state("demo")
+    state = states.empty_state("demo")
+    states.record_release(state, "r1", "blue", "/d/r1", {"backend": {"image_id": "sha256:1"}}, "t1", keep=5)
+    states.save_state(str(path), state)
+    assert states.load_state(str(path), "demo") == state
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(ValueError, match="does not hold the state of app 'other'"):
+        states.load_state(str(path), "other")
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        states.load_state(str(path), "demo")
+
+
+def test_upstream_file_follows_the_contract(tmp_path):
+    content = upstreams.render_upstream("demo_backend", [18220, 18221], keepalive=16, comment="release r2")
+    assert content == (
+        "# release r2\n"
+        "upstream demo_backend {\n"
+        "    server 127.0.0.1:18220 max_fails=0;\n"
+        "    server 127.0.0.1:18221 max_fails=0;\n"
+        "    keepalive 16;\n"
+        "}\n"
+    )
+    assert upstreams.upstream_ports(content) == [18220, 18221]
+    path = str(tmp_path / "demo_backend.conf")
+    upstreams.write_atomically(path, content)
+    assert oct((tmp_path / "demo_backend.conf").stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in tmp_path.iterdir()] == ["demo_backend.conf"]
+    upstreams.restore(path, None)
+    assert not (tmp_path / "demo_backend.conf").exists()

@@ -1,0 +1,229 @@
+"""compose_rollout against the real Docker engine, the demo images, PostgreSQL and nginx.
+
+The tests run in file order and build on each other: v1 first, then v2, a broken v3, failures of
+each kind, and a rollback. Every assertion is on something observable: what nginx answers, which
+containers run, the upstream files, state.json.
+"""
+
+import json
+import threading
+import time
+from datetime import datetime
+
+import pytest
+from conftest import APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, wait_for
+
+API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
+PAGE = f"http://127.0.0.1:{NGINX_PORT}/"
+
+
+def served_version():
+    status, body = http_get(API)
+    assert status == 200, body
+    return json.loads(body)["version"]
+
+
+def upstream_ports(nginx, name):
+    text = (nginx.upstreams / f"{name}.conf").read_text()
+    return [int(line.split(":")[1].split()[0]) for line in text.splitlines() if line.strip().startswith("server ")]
+
+
+class RequestLoop:
+    """A bounded request loop through nginx (at most 3000 requests or 60 s) that records every answer."""
+
+    def __init__(self, url, max_requests=3000, max_seconds=60.0):
+        self.url, self.max_requests, self.max_seconds = url, max_requests, max_seconds
+        self.answers = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < deadline:
+            status, body = http_get(self.url)
+            version = json.loads(body).get("version") if status == 200 else None
+            self.answers.append((status, version, body if status != 200 else None))
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def failures(self):
+        return [answer for answer in self.answers if answer[0] != 200]
+
+    @property
+    def versions(self):
+        """Versions in the order they were served, consecutive duplicates collapsed."""
+        order = []
+        for _status, version, _body in self.answers:
+            if version and (not order or order[-1] != version):
+                order.append(version)
+        return order
+
+
+def test_parameters_are_refused_naming_the_option(rollout, release):
+    result = rollout(release("bad", "v1"), "bad release!", keep_releases=1)
+    assert result["failed"]
+    assert "release='bad release!'" in result["msg"]
+    assert "keep_releases=1" in result["msg"]
+
+
+def test_a_compose_file_compose_refuses_is_caught_before_anything_runs(rollout, release, nginx):
+    directory = release("broken-compose", "v1")
+    (directory / "compose.yaml").write_text("services:\n  backend:\n    image: [not, a, string]\n")
+    result = rollout(directory, "broken-compose")
+    assert result["failed"]
+    assert "docker compose config refused" in result["msg"]
+    assert container_states(f"{APP}-blue") == {}
+    assert upstream_ports(nginx, "crtest_backend") == [18251]
+
+
+def test_check_mode_on_a_first_deploy_plans_blue_and_changes_nothing(rollout, release, nginx, state_file):
+    result = rollout(release("r1", "v1"), "r1", check=True, diff=True)
+    assert result["changed"] is True
+    assert result["plan"]["color"] == "blue"
+    assert result["plan"]["order"] == ["backend", "worker", "frontend"]
+    assert [(u["name"], u["ports"], u["changed"]) for u in result["plan"]["upstreams"]] == [
+        ("crtest_backend", [18210], True),
+        ("crtest_frontend", [18211], True),
+    ]
+    diff = {item["after_header"]: item for item in result["diff"]}
+    backend = diff[str(nginx.upstreams / "crtest_backend.conf")]
+    assert "127.0.0.1:18251" in backend["before"]
+    assert "127.0.0.1:18210" in backend["after"]
+    assert container_states(f"{APP}-blue") == {}
+    assert state_file() is None
+    assert upstream_ports(nginx, "crtest_backend") == [18251]
+
+
+def test_first_deploy_serves_v1_through_nginx(rollout, release, nginx, state_file):
+    assert http_get(API)[0] == 503  # the placeholder answers before any release
+    result = rollout(release("r1", "v1"), "r1")
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True
+    assert result["color"] == "blue"
+    assert served_version() == "v1"
+    assert '<span class="badge" id="frontend-version">v1</span>' in http_get(PAGE)[1]
+    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["blue"]]
+    assert container_states(f"{APP}-blue") == {"backend": "running", "worker": "running", "frontend": "running"}
+    state = state_file()
+    assert state["active"]["color"] == "blue"
+    assert state["active"]["release"] == "r1"
+    assert state["releases"][0]["images"]["backend"]["image"] == "berth/demo-backend:v1"
+    assert state["releases"][0]["images"]["backend"]["image_id"].startswith("sha256:")
+    assert {"start_and_gate", "switch", "nginx_probe", "record", "total"} <= set(result["timings"])
+    assert [g["gate"] for g in result["gates"]] == ["health", "http", "health", "health", "http", "nginx", "nginx"]
+
+
+def test_services_start_in_order_each_after_the_previous_gate(rollout):
+    backend = inspect_service(f"{APP}-blue", "backend")
+    worker = inspect_service(f"{APP}-blue", "worker")
+    healthy_at = min(
+        datetime.fromisoformat(entry["End"][:26])
+        for entry in backend["State"]["Health"]["Log"]
+        if entry["ExitCode"] == 0
+    )
+    assert datetime.fromisoformat(worker["Created"][:26]) > healthy_at
+
+
+def test_the_same_release_again_changes_nothing(rollout, release, state_file):
+    before = state_file()
+    result = rollout(release("r1", "v1"), "r1")
+    assert result["changed"] is False
+    assert state_file() == before
+
+
+def test_rollout_to_v2_under_load_fails_no_request(rollout, release, nginx, state_file):
+    with RequestLoop(API) as loop:
+        result = rollout(release("r2", "v2"), "r2")
+        time.sleep(0.5)
+    assert not result.get("failed"), result.get("msg")
+    assert result["color"] == "green"
+    assert loop.failures == []
+    assert loop.versions == ["v1", "v2"]
+    assert len(loop.answers) > 50
+    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
+    # The old color is stopped, not removed: a rollback starts it again.
+    assert container_states(f"{APP}-blue") == {"backend": "exited", "worker": "exited", "frontend": "exited"}
+    assert [item["release"] for item in state_file()["releases"]] == ["r2", "r1"]
+
+
+def test_v3_fails_at_the_body_gate_and_v2_keeps_serving(rollout, release, nginx, state_file):
+    before = state_file()
+    with RequestLoop(API) as loop:
+        result = rollout(release("r3", "v3"), "r3")
+    assert result["failed"]
+    assert "traffic untouched" in result["msg"]
+    assert "http gate failed for service 'backend' on color blue" in result["msg"]
+    assert '"database": "disconnected"' in result["msg"]
+    assert "health log" in result["msg"]
+    assert result["failed_gate"]["last"]["status"] == 200
+    assert loop.failures == []
+    assert loop.versions == ["v2"]
+    assert served_version() == "v2"
+    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
+    assert wait_for(lambda: container_states(f"{APP}-blue")["backend"] == "exited")
+    assert state_file() == before
+
+
+def test_a_container_that_dies_fails_the_health_gate_with_its_logs(rollout, release, state_file):
+    before = state_file()
+    crash = {"worker": {"command": ["python3", "-c", "print('worker cannot start: no queue'); raise SystemExit(3)"]}}
+    result = rollout(release("r4", "v2", crash), "r4")
+    assert result["failed"]
+    assert "health gate failed for service 'worker' on color blue" in result["msg"]
+    assert "worker cannot start: no queue" in result["msg"]
+    assert served_version() == "v2"
+    assert state_file() == before
+
+
+def test_nginx_refusing_the_configuration_restores_the_upstream_files(rollout, release, nginx, state_file):
+    before = state_file()
+    saved = (nginx.upstreams / "crtest_backend.conf").read_text()
+    broken = nginx.upstreams / "crtest_zz_broken.conf"
+    broken.write_text("upstream crtest_zz_broken { server 127.0.0.1:18297 no_such_parameter; }\n")
+    try:
+        result = rollout(release("r5", "v1"), "r5")
+    finally:
+        broken.unlink()
+    assert result["failed"]
+    assert "nginx -t refused the new upstream files, previous files restored" in result["msg"]
+    assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
+    assert served_version() == "v2"
+    assert state_file() == before
+
+
+def test_a_failing_probe_through_nginx_switches_back(rollout, release, nginx, state_file):
+    before = state_file()
+    saved = (nginx.upstreams / "crtest_backend.conf").read_text()
+    # nginx_url points at the placeholder server, which answers 503 to every probe through it.
+    result = rollout(release("r6", "v1"), "r6", nginx_host_header="crtest.invalid", nginx_url="http://127.0.0.1:18251")
+    assert result["failed"]
+    assert "switched back to the previous upstreams" in result["msg"]
+    assert "nginx gate failed for service 'backend'" in result["msg"]
+    assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
+    assert served_version() == "v2"
+    assert wait_for(lambda: container_states(f"{APP}-blue")["backend"] == "exited")
+    assert state_file() == before
+
+
+def test_rollback_to_r1_serves_v1_again(rollout, workdir, state_file):
+    result = rollout(workdir / "releases" / "r1", "r1")
+    assert not result.get("failed"), result.get("msg")
+    assert result["color"] == "blue"
+    assert served_version() == "v1"
+    assert [item["release"] for item in state_file()["releases"]] == ["r1", "r2"]
+    assert container_states(f"{APP}-green")["backend"] == "exited"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [("nginx_url", "ftp://x/", "nginx_url='ftp://x/'")])
+def test_bad_nginx_url_is_refused(rollout, workdir, field, value, message):
+    result = rollout(workdir / "releases" / "r1", "r1", **{field: value})
+    assert result["failed"]
+    assert message in result["msg"]
