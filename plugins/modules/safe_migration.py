@@ -44,7 +44,7 @@ description:
     the host (C(volumes: [\"/run/berth/pg:/var/run/postgresql\"]), then O(host=/run/berth/pg));
     O(backup_container) runs C(pg_dump) inside the container instead of on the host."
 author:
-  - berth.stack maintainers
+  - berth.stack maintainers (@berth-stack)
 requirements:
   - psycopg (3) or psycopg2 on the target.
   - pglast on the controller (Mode 1).
@@ -157,37 +157,28 @@ options:
     type: int
     default: 3600
   host:
-    description: Host name, IP address or socket directory of the server (libpq C(host)).
+    description:
+      - Host name, IP address or socket directory of the server (libpq C(host)).
+      - Like every connection option here, it falls back to its libpq environment variable on the target
+        (C(PGHOST), C(PGPORT), C(PGDATABASE), C(PGUSER), C(PGPASSWORD), C(PGSSLMODE)).
     type: str
-    env:
-      - name: PGHOST
   port:
     description: Server port.
     type: int
-    env:
-      - name: PGPORT
   database:
     description: Database name.
     type: str
     aliases: [db]
-    env:
-      - name: PGDATABASE
   user:
     description: Role to connect as.
     type: str
-    env:
-      - name: PGUSER
   password:
     description: Password of O(user); never logged.
     type: str
-    env:
-      - name: PGPASSWORD
   sslmode:
     description: libpq C(sslmode).
     type: str
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
-    env:
-      - name: PGSSLMODE
   uri:
     description: A libpq connection URI (C(postgresql://user@host:port/db)); the individual options override its parts.
     type: str

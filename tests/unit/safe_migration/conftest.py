@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
-from safe_migration_harness import (
-    PASSWORD,
-    Cluster,
-    Database,
-    as_postgres,
-    free_port,
-    module_process,
-    postgres_bin,
-    result_of,
-)
+from safe_migration_harness import Database, module_process, result_of, start_cluster, stop_cluster
 
 
 @pytest.fixture(scope="session")
 def cluster():
-    bin_dir = postgres_bin()
-    base = tempfile.mkdtemp(prefix="berth-pg-")
-    data, run = f"{base}/data", f"{base}/run"
-    os.makedirs(run)
-    with open(f"{base}/pwfile", "w") as handle:
-        handle.write(PASSWORD)
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        for path in (run, f"{base}/pwfile"):
-            shutil.chown(path, "postgres")
-    port = free_port()
-    subprocess.run(
-        as_postgres(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                data,
-                "-U",
-                "postgres",
-                "--pwfile",
-                f"{base}/pwfile",
-                "--auth-host=scram-sha-256",
-                "--auth-local=trust",
-                "--no-sync",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -k {run} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
-    subprocess.run(
-        as_postgres([str(bin_dir / "pg_ctl"), "-D", data, "-l", f"{base}/log", "-o", options, "-w", "start"]),
-        check=True,
-        capture_output=True,
-    )
+    started = start_cluster()
     try:
-        yield Cluster(bin=bin_dir, port=port, socket_dir=run)
+        yield started
     finally:
-        subprocess.run(
-            as_postgres([str(bin_dir / "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop"]), capture_output=True
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        stop_cluster(started)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers for the safe_migration tests: PostgreSQL binaries, clusters and a module runner.
+"""Helpers for the safe_migration tests and bench/migration_locks.py: clusters and a module runner.
 
 One cluster per test session (initdb as the postgres user into a temporary directory, on a free
 loopback port), one fresh database per test. The module runs as a real process with its arguments
@@ -11,15 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import pytest
 from ansible_collections.berth.stack.plugins.plugin_utils import _migration_analysis as analysis
 
 REPO = Path(__file__).resolve().parents[3]
@@ -32,7 +33,7 @@ def postgres_bin() -> Path:
     """The newest PostgreSQL installed from Debian's packages."""
     versions = [path for path in Path("/usr/lib/postgresql").glob("*/bin") if re.fullmatch(r"\d+", path.parent.name)]
     if not versions:
-        pytest.fail("no PostgreSQL under /usr/lib/postgresql (make unit installs Debian's postgresql)")
+        raise RuntimeError("no PostgreSQL under /usr/lib/postgresql (make unit installs Debian's postgresql)")
     return max(versions, key=lambda path: int(path.parent.name))
 
 
@@ -52,11 +53,45 @@ class Cluster:
     bin: Path
     port: int
     socket_dir: str
+    base: str
 
     def connect(self, database: str = "postgres", **kwargs) -> psycopg.Connection:
         return psycopg.connect(
             host="127.0.0.1", port=self.port, user="postgres", password=PASSWORD, dbname=database, **kwargs
         )
+
+
+def start_cluster() -> Cluster:
+    """initdb into a temporary directory as the postgres user and start it on a free loopback port."""
+    bin_dir = postgres_bin()
+    base = tempfile.mkdtemp(prefix="berth-pg-")
+    data, run = f"{base}/data", f"{base}/run"
+    os.makedirs(run)
+    with open(f"{base}/pwfile", "w") as handle:
+        handle.write(PASSWORD)
+    if os.geteuid() == 0:
+        for path in (base, run, f"{base}/pwfile"):
+            shutil.chown(path, "postgres")
+    port = free_port()
+    initdb = [str(bin_dir / "initdb"), "-D", data, "-U", "postgres", "--pwfile", f"{base}/pwfile", "--no-sync"]
+    initdb += ["--auth-host=scram-sha-256", "--auth-local=trust"]
+    subprocess.run(as_postgres(initdb), check=True, capture_output=True)
+    options = f"-p {port} -k {run} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+    subprocess.run(
+        as_postgres([str(bin_dir / "pg_ctl"), "-D", data, "-l", f"{base}/log", "-o", options, "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
+    return Cluster(bin=bin_dir, port=port, socket_dir=run, base=base)
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    subprocess.run(
+        as_postgres([str(cluster.bin / "pg_ctl"), "-D", f"{cluster.base}/data", "-m", "immediate", "-w", "stop"]),
+        capture_output=True,
+        check=False,  # a cluster that already stopped is what we want
+    )
+    shutil.rmtree(cluster.base, ignore_errors=True)
 
 
 def module_process(
@@ -87,7 +122,7 @@ def result_of(process: subprocess.Popen, timeout: float = 60) -> dict:
     try:
         return json.loads(stdout)
     except json.JSONDecodeError:
-        pytest.fail(f"module printed no JSON (exit {process.returncode}): {stdout}\n{stderr}")
+        raise AssertionError(f"module printed no JSON (exit {process.returncode}): {stdout}\n{stderr}") from None
 
 
 @dataclass

@@ -206,3 +206,10 @@ def test_a_parse_error_names_its_line():
     (finding,) = analysis.analyse("V4__typo.sql", "-- é\nSELECT 1;\n\nSELEC 2;\n")["findings"]
     assert (finding["rule"], finding["line"]) == ("parse-error", 4)
     assert 'syntax error at or near "SELEC"' in finding["detail"]
+
+
+def test_load_directory_names_a_file_it_cannot_open(migrations):
+    # Root reads any mode, so an unopenable entry is made the way root cannot read either.
+    (migrations.directory / "V1__not_a_file.sql").mkdir()
+    with pytest.raises(analysis.MigrationFileError, match=r"cannot read migration file .*V1__not_a_file.sql: Is a"):
+        analysis.load_directory(str(migrations.directory))
