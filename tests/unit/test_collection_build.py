@@ -54,7 +54,7 @@ def installed(tmp_path_factory):
 
 
 def test_tarball_leaves_out_test_output_caches_and_the_virtualenv(installed):
-    tarball, _ = installed
+    tarball = installed[0]
     with tarfile.open(tarball) as archive:
         names = archive.getnames()
     assert "galaxy.yml" not in names  # ansible-galaxy turns it into MANIFEST.json
@@ -67,7 +67,7 @@ def test_tarball_leaves_out_test_output_caches_and_the_virtualenv(installed):
 
 def test_installed_copy_validates_role_arguments(installed, tmp_path):
     """The installed role loads from the installed path and rejects bad input by name."""
-    _, install_path = installed
+    install_path = installed[1]
     playbook = tmp_path / "play.yml"
     playbook.write_text(
         "- hosts: localhost\n"
@@ -89,7 +89,7 @@ def test_installed_copy_validates_role_arguments(installed, tmp_path):
 
 
 def test_ansible_doc_reads_the_installed_role(installed, tmp_path):
-    _, install_path = installed
+    install_path = installed[1]
     env = isolated_env(install_path, tmp_path)
     result = run([str(BIN / "ansible-doc"), "-t", "role", "berth.stack.docker_host"], env=env)
     assert result.returncode == 0, result.stderr
