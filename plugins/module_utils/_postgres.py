@@ -67,7 +67,8 @@ def connection_argument_spec() -> dict:
         "user": {"type": "str", "fallback": (env_fallback, ["PGUSER"])},
         "password": {"type": "str", "no_log": True, "fallback": (env_fallback, ["PGPASSWORD"])},
         "sslmode": {"type": "str", "choices": SSLMODES, "fallback": (env_fallback, ["PGSSLMODE"])},
-        "uri": {"type": "str"},
+        # A URI may carry the password (postgresql://user:secret@host/db).
+        "uri": {"type": "str", "no_log": True},
     }
 
 

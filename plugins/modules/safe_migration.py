@@ -180,7 +180,9 @@ options:
     type: str
     choices: [disable, allow, prefer, require, verify-ca, verify-full]
   uri:
-    description: A libpq connection URI (C(postgresql://user@host:port/db)); the individual options override its parts.
+    description:
+      - A libpq connection URI (C(postgresql://user@host:port/db)); the individual options override its parts.
+      - Never logged, since it may carry a password.
     type: str
 notes:
   - Run it once per database, for example with C(run_once).
@@ -265,6 +267,10 @@ lock_wait_seconds:
   description: Seconds spent waiting for another runner's advisory lock.
   returned: when not in check mode
   type: float
+check_rc:
+  description: Exit code of O(check_command) (0 up to date, 1 pending).
+  returned: Mode 2
+  type: int
 rc:
   description: Exit code of O(command).
   returned: Mode 2, when the command ran
@@ -324,7 +330,7 @@ def parameter_errors(params: dict) -> list:
         for option in ("lock_timeout", "statement_timeout")
         if mig.check_duration(option, params[option])
     ]
-    for option in ("lock_retries", "command_timeout", "backup_timeout"):
+    for option in ("lock_retries", "retry_delay", "lock_wait_timeout", "command_timeout", "backup_timeout"):
         if params[option] < 0:
             errors.append(f"{option}: {params[option]} must not be negative")
     if params["directory"] and params["migrations"] is None:

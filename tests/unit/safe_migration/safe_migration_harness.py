@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,10 @@ def module_process(
         args["_ansible_check_mode"] = True
     args_file = tmp_path / f"args-{uuid.uuid4().hex[:8]}.json"
     args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-    environment = {**os.environ, **(environment or {}), "PYTHONPATH": str(COLLECTIONS)}
+    extra = environment or {}
+    environment = {**os.environ, **extra}
+    # Only a PYTHONPATH the caller passed goes in front (test_psycopg2.py hides psycopg 3 that way).
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [extra.get("PYTHONPATH"), str(COLLECTIONS)]))
     environment["PATH"] = f"{postgres_bin()}:{environment['PATH']}"
     return subprocess.Popen(
         [sys.executable, str(MODULE), str(args_file)],
@@ -161,3 +165,36 @@ class Database:
             "SELECT version, description, checksum, execution_ms, applied_by, allowance_reason "
             "FROM berth_schema_history ORDER BY version"
         )
+
+
+ACCOUNTS = (
+    "CREATE TABLE accounts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text);\n"
+    "INSERT INTO accounts (email) SELECT 'user' || n || '@example.test' FROM generate_series(1, 50) n;\n"
+)
+
+
+def columns(database, table: str) -> list:
+    return [
+        row[0]
+        for row in database.rows(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
+            (table,),
+        )
+    ]
+
+
+def hold_lock_on_accounts(database, release: threading.Event, sql: str = "SELECT count(*) FROM accounts"):
+    """An application transaction that keeps the lock `sql` took on accounts (ACCESS SHARE) until `release`."""
+    ready = threading.Event()
+
+    def hold():
+        with database.connect(application_name="long-report") as connection:
+            connection.execute(sql)
+            ready.set()
+            release.wait(30)
+            connection.commit()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert ready.wait(10)
+    return thread

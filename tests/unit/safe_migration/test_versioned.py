@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
 import subprocess
 import threading
 import time
 
-from safe_migration_harness import module_process, result_of
-
-ACCOUNTS = (
-    "CREATE TABLE accounts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text);\n"
-    "INSERT INTO accounts (email) SELECT 'user' || n || '@example.test' FROM generate_series(1, 50) n;\n"
-)
-
-
-def columns(database, table: str) -> list:
-    return [
-        row[0]
-        for row in database.rows(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
-            (table,),
-        )
-    ]
+from safe_migration_harness import ACCOUNTS, PASSWORD, columns, hold_lock_on_accounts, module_process, result_of
 
 
 def test_apply_then_reapply_is_unchanged(database, migrations, run_module):
@@ -64,7 +51,8 @@ def test_checksum_drift_stops_everything(database, migrations, run_module):
 
     assert result["failed"] is True
     assert "checksum drift: V1__accounts.sql" in result["msg"]
-    assert applied_checksum in result["msg"]
+    assert f"applied with checksum {applied_checksum}" in result["msg"]
+    assert f"now has checksum {hashlib.sha256(path.read_bytes()).hexdigest()}" in result["msg"]
     assert "status" not in columns(database, "accounts")
 
 
@@ -101,23 +89,6 @@ def test_second_runner_waits_then_fails_naming_the_holder(database, migrations, 
     assert patient["changed"] is False
     assert patient["lock_wait_seconds"] > 0.3
     assert len(database.history()) == 1
-
-
-def hold_lock_on_accounts(database, release: threading.Event) -> threading.Thread:
-    """An application transaction that keeps an ACCESS SHARE lock on accounts until `release` is set."""
-    ready = threading.Event()
-
-    def hold():
-        with database.connect(application_name="long-report") as connection:
-            connection.execute("SELECT count(*) FROM accounts")
-            ready.set()
-            release.wait(30)
-            connection.commit()
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    assert ready.wait(10)
-    return thread
 
 
 def test_lock_timeout_retries_until_the_long_transaction_ends(database, migrations, run_module):
@@ -342,7 +313,8 @@ def test_bad_parameters_give_clear_errors(database, migrations, run_module):
 
 def test_connection_uri_and_libpq_environment(database, migrations, run_module, cluster):
     migrations("V1__accounts.sql", ACCOUNTS)
-    uri = f"postgresql://postgres:berth-test-secret@127.0.0.1:{cluster.port}/{database.name}?sslmode=disable"
+    uri = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{cluster.port}/{database.name}?sslmode=disable"
     result = run_module({"directory": migrations.directory, "uri": uri, "backup": False})
     assert result["changed"] is True, result.get("msg")
     assert [row[0] for row in database.history()] == ["1"]
+    assert PASSWORD not in json.dumps(result), "a URI carries the password, so it must be no_log"
