@@ -133,17 +133,38 @@ def table_has_rows(connection, table: str) -> bool:
     return pg.query(connection, f"SELECT EXISTS (SELECT FROM {relation})")[0][0]  # noqa: S608 - a regclass name
 
 
+def has_validated_not_null_check(connection, table: str, column: str) -> bool:
+    """A validated CHECK (column IS NOT NULL) lets SET NOT NULL skip its full-table scan (PostgreSQL 12+)."""
+    return pg.query(
+        connection,
+        "SELECT EXISTS (SELECT FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'c' "
+        "AND convalidated AND pg_get_constraintdef(oid) = format('CHECK ((%%I IS NOT NULL))', %s::text))",
+        (table, column),
+    )[0][0]
+
+
+def finding_applies(connection, finding: dict) -> bool:
+    """Some findings depend on the live database: whether the table has rows, or a CHECK proves NOT NULL."""
+    if finding.get("needs_rows"):
+        return table_has_rows(connection, finding["table"])
+    if finding.get("unless_not_null_checked"):
+        return not has_validated_not_null_check(connection, finding["table"], finding["column"])
+    return True
+
+
 def judge(pending: list, policy: str, connection) -> tuple[list, list]:
     """(findings that refuse the run, all findings of pending files with their verdict)."""
     refused, judged = [], []
     for migration in pending:
         allowances = migration.get("allowances") or {}
         for finding in migration.get("findings") or []:
-            if finding.get("needs_rows") and not table_has_rows(connection, finding["table"]):
+            if not finding_applies(connection, finding):
                 continue
             cls = finding["class"]
             if cls == "error":
                 verdict = "refused"
+            elif cls == "advice":
+                verdict = "warned"
             elif cls in allowances:
                 verdict = "allowed"
             elif cls == "lock-heavy" and policy == "warn":
@@ -152,6 +173,7 @@ def judge(pending: list, policy: str, connection) -> tuple[list, list]:
                 verdict = "refused"
             finding = dict(finding, verdict=verdict)
             finding.pop("needs_rows", None)
+            finding.pop("unless_not_null_checked", None)
             judged.append(finding)
             if verdict == "refused":
                 refused.append(finding)
@@ -287,10 +309,25 @@ def _execute_statement(connection, statement: dict) -> None:
         raise
 
 
+def drop_invalid_index(connection, statement: dict) -> list:
+    """Drop what a failed CREATE INDEX CONCURRENTLY left: an INVALID index that IF NOT EXISTS would keep."""
+    invalid = pg.query(
+        connection,
+        "SELECT EXISTS (SELECT FROM pg_index WHERE indexrelid = to_regclass(%s) AND NOT indisvalid)",
+        (statement["index"],),
+    )[0][0]
+    if not invalid:
+        return []
+    drop = f"DROP INDEX CONCURRENTLY IF EXISTS {statement['index']}"
+    _execute_statement(connection, dict(statement, sql=drop))
+    return [drop]
+
+
 def apply_migration(connection, migration: dict, settings: dict, retries: list) -> dict:
-    """Apply one file and record it; returns its timing. History and file commit together."""
+    """Apply one file and record it; returns its timing and any cleanup run. History and file commit together."""
     started = time.monotonic()
     attempts = {"count": 0}
+    cleanup = []
 
     def on_retry(event):
         retries.append(event)
@@ -326,6 +363,8 @@ def apply_migration(connection, migration: dict, settings: dict, retries: list) 
 
             def one_statement(statement=statement):
                 attempts["count"] += 1
+                if statement.get("index"):
+                    cleanup.extend(drop_invalid_index(connection, statement))
                 _execute_statement(connection, statement)
 
             try:
@@ -343,6 +382,7 @@ def apply_migration(connection, migration: dict, settings: dict, retries: list) 
         "statements": len(migration["statements"]),
         "attempts": attempts["count"],
         "duration_ms": int((time.monotonic() - started) * 1000),
+        "cleanup": cleanup,
     }
 
 

@@ -18,15 +18,20 @@ description:
     (pglast) and classifies each statement as destructive, lock-heavy or safe. Destructive statements
     (drops, truncates, DELETE/UPDATE without WHERE, renames, NOT NULL columns without default on a filled
     table) are refused unless the file allows them; lock-heavy statements (index builds without
-    CONCURRENTLY, constraints without NOT VALID, SET NOT NULL, rewriting type changes and defaults,
-    VACUUM FULL, CLUSTER, REINDEX, LOCK) are refused by O(policy=strict) and warned about by
-    O(policy=warn). Every finding names the file, line, rule, why it is dangerous and the safe alternative.
-    Statements on a table created earlier in the same file are safe.
+    CONCURRENTLY, constraints without NOT VALID, VALIDATE CONSTRAINT or a backfill in the same transaction
+    as an ALTER of that table, SET NOT NULL without a validated CHECK (col IS NOT NULL), rewriting type
+    changes and defaults, VACUUM FULL, CLUSTER, REINDEX, LOCK) are refused by O(policy=strict) and warned
+    about by O(policy=warn). Every finding names the file, line, rule, why it is dangerous and the safe
+    alternative. Statements on a table created earlier in the same file are safe. Advice (int instead of
+    bigint, varchar(n), timestamp without time zone, char(n), concurrent index statements that fail on a
+    re-run) is always a warning, never a refusal.
   - "A file allows a class with a comment line C(-- berth:allow destructive reason=\"...\") or
     C(-- berth:allow lock-heavy reason=\"...\"); the reason is required and recorded in the history table.
     A file whose statements cannot run in a transaction (CREATE INDEX CONCURRENTLY, VACUUM) starts with
     C(-- berth:no-transaction); it runs statement by statement in autocommit and must be safe to re-run
-    (use IF NOT EXISTS / IF EXISTS). CONCURRENTLY in a transactional file is an error."
+    (use IF NOT EXISTS / IF EXISTS). Before each attempt of a named CREATE INDEX CONCURRENTLY, an INVALID
+    index of that name left by a failed build is dropped, so IF NOT EXISTS cannot keep a broken index.
+    CONCURRENTLY in a transactional file is an error."
   - Each transactional file runs in one transaction together with its history row, so a failure leaves
     neither. Runners serialise on a session advisory lock. Every statement runs under O(lock_timeout) and
     O(statement_timeout); a file that hits the lock timeout (SQLSTATE 55P03) is rolled back and retried
@@ -249,7 +254,9 @@ backup:
   returned: always
   type: dict
 queries:
-  description: Statements executed, in order, including the session settings.
+  description:
+    - Statements executed, in order, including the session settings and the C(DROP INDEX CONCURRENTLY) of an
+      INVALID index left by a failed concurrent build.
   returned: always
   type: list
   elements: str
@@ -397,8 +404,9 @@ def run_versioned(module, connection, keywords: dict, result: dict) -> None:
         "retry_delay": params["retry_delay"],
     }
     for migration in pending:
-        result["migrations"].append(mig.apply_migration(connection, migration, settings, result["retries"]))
-        result["queries"] += [statement["sql"] for statement in migration["statements"]]
+        timing = mig.apply_migration(connection, migration, settings, result["retries"])
+        result["queries"] += timing.pop("cleanup") + [statement["sql"] for statement in migration["statements"]]
+        result["migrations"].append(timing)
 
 
 def compose_run(module, argv: list, timeout: int) -> tuple[int, str, str]:

@@ -14,6 +14,10 @@ classified:
 - ``error``: cannot run as written (a parse error, CONCURRENTLY or VACUUM inside a transactional
   file, transaction control inside a file, a malformed directive). Always refused.
 
+- ``advice``: safe to run, but a choice that costs later (an int key that runs out, varchar(n)
+  whose limit needs a lock-heavy type change to raise, timestamp without time zone, char(n), a
+  no-transaction statement that fails when the file is re-run). Always runs, with a warning.
+
 A statement without a finding is safe. Statements on a table created earlier in the same file are
 safe whatever they do: nobody else can be using that table yet.
 """
@@ -24,7 +28,7 @@ import hashlib
 import os
 import re
 
-from ansible_collections.berth.stack.plugins.module_utils._migrations import parse_name, version_key
+from ansible_collections.berth.stack.plugins.module_utils._migrations import parse_name, quote_ident, version_key
 
 try:
     import pglast
@@ -38,6 +42,7 @@ except ImportError:
 DESTRUCTIVE = "destructive"
 LOCK_HEAVY = "lock-heavy"
 ERROR = "error"
+ADVICE = "advice"
 ALLOWABLE_CLASSES = (DESTRUCTIVE, LOCK_HEAVY)
 
 DIRECTIVE = re.compile(r"^\s*--\s*berth:(?P<name>[\w-]+)(?P<rest>.*)$")
@@ -151,8 +156,9 @@ RULES = {
     "set-not-null": (
         LOCK_HEAVY,
         "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock.",
-        "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT c, then SET NOT NULL "
-        "(PostgreSQL 12+ skips the scan), then drop the CHECK.",
+        "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID in one file, VALIDATE CONSTRAINT c in a later "
+        "file, then SET NOT NULL in a later run: with that CHECK validated PostgreSQL 12+ skips the scan, "
+        "and safe_migration no longer reports it. Then drop the CHECK.",
     ),
     "changing-column-type": (
         LOCK_HEAVY,
@@ -191,6 +197,48 @@ RULES = {
         LOCK_HEAVY,
         "ALTER DOMAIN ... ADD CONSTRAINT checks every column of that domain in every table.",
         "ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT.",
+    ),
+    "validate-in-same-transaction": (
+        LOCK_HEAVY,
+        "VALIDATE CONSTRAINT in the same transaction as an earlier ALTER TABLE of that table scans the "
+        "whole table while the earlier statement's lock (ACCESS EXCLUSIVE for a CHECK) is still held, "
+        "which is exactly what NOT VALID was meant to avoid.",
+        "Put VALIDATE CONSTRAINT in its own, later migration file.",
+    ),
+    "backfill-in-same-transaction": (
+        LOCK_HEAVY,
+        "UPDATE or DELETE of a table altered earlier in the same transaction runs while that ALTER's lock "
+        "(usually ACCESS EXCLUSIVE) is held, blocking every read and write until the backfill commits.",
+        "Backfill in a separate migration file (or a job), in bounded batches with a WHERE clause.",
+    ),
+    "prefer-bigint": (
+        ADVICE,
+        "An int or smallint (serial) column used as a key or counter runs out at 2^31 (2^15), and widening "
+        "it later is a table rewrite under an ACCESS EXCLUSIVE lock.",
+        "Use bigint (bigserial, or bigint GENERATED ALWAYS AS IDENTITY).",
+    ),
+    "prefer-text-field": (
+        ADVICE,
+        "Raising a varchar(n) limit later is a type change; a limit is cheaper to change as a CHECK constraint.",
+        "Use text, with CHECK (char_length(col) <= n) NOT VALID if a limit matters.",
+    ),
+    "prefer-timestamptz": (
+        ADVICE,
+        "timestamp without time zone stores wall-clock time with no zone, so values shift meaning when a "
+        "server or client time zone changes; converting later rewrites the table.",
+        "Use timestamptz.",
+    ),
+    "ban-char-field": (
+        ADVICE,
+        "char(n) pads values with spaces and is no faster than text; changing it later rewrites the table.",
+        "Use text (with a CHECK constraint if the length matters).",
+    ),
+    "prefer-robust-stmts": (
+        ADVICE,
+        "A no-transaction file keeps the statements that already ran when a later one fails, so it runs "
+        "again from the top; this statement then fails (already exists / does not exist) or, unnamed, "
+        "builds a duplicate index.",
+        "Name the index and write CREATE INDEX CONCURRENTLY IF NOT EXISTS / DROP INDEX CONCURRENTLY IF EXISTS.",
     ),
     "concurrently-in-transaction": (
         ERROR,
@@ -340,6 +388,34 @@ def _walk(node):
             yield from _walk(item)
 
 
+def column_type_advice(columns) -> list:
+    """Style rules for the column types of CREATE TABLE or ADD COLUMN, each rule once per statement."""
+    rules = []
+    for column in columns:
+        if not isinstance(column, ast.ColumnDef) or column.typeName is None:
+            continue
+        type_name = column.typeName.names[-1].sval.lower()
+        if type_name in {"int2", "int4", "serial", "serial2", "serial4", "smallserial"}:
+            rules.append("prefer-bigint")
+        elif type_name == "varchar" and column.typeName.typmods:
+            rules.append("prefer-text-field")
+        elif type_name == "timestamp":
+            rules.append("prefer-timestamptz")
+        elif type_name == "bpchar":
+            rules.append("ban-char-field")
+    return list(dict.fromkeys(rules))
+
+
+def robust_statement_advice(node, transactional: bool) -> list:
+    if transactional:
+        return []
+    if isinstance(node, ast.IndexStmt) and node.concurrent and not (node.idxname and node.if_not_exists):
+        return ["prefer-robust-stmts"]
+    if isinstance(node, ast.DropStmt) and node.concurrent and not node.missing_ok:
+        return ["prefer-robust-stmts"]
+    return []
+
+
 def _add_column_rules(column) -> list:
     constraints = column.constraints or ()
     kinds = {constraint.contype for constraint in constraints}
@@ -465,6 +541,57 @@ def created_table(node) -> str | None:
     return None
 
 
+def locked_until_commit(node) -> list:
+    """Tables whose strong lock an ALTER TABLE keeps until COMMIT (VALIDATE alone blocks no reads or writes)."""
+    if not isinstance(node, ast.AlterTableStmt):
+        return []
+    if all(command.subtype == AlterTableType.AT_ValidateConstraint for command in node.cmds):
+        return []
+    tables = [table_name(node.relation)]
+    for command in node.cmds:
+        # ADD FOREIGN KEY also locks the referenced table against writes.
+        if isinstance(command.def_, ast.Constraint) and command.def_.pktable is not None:
+            tables.append(table_name(command.def_.pktable))
+    return tables
+
+
+def same_transaction_rules(node, tables: list, locked: set) -> list:
+    """Rules for statements that run while an earlier ALTER of the same file still holds its lock."""
+    if not set(tables) & locked:
+        return []
+    if isinstance(node, ast.AlterTableStmt) and any(
+        command.subtype == AlterTableType.AT_ValidateConstraint for command in node.cmds
+    ):
+        return ["validate-in-same-transaction"]
+    if isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
+        return ["backfill-in-same-transaction"]
+    return []
+
+
+def advice_rules(node, transactional: bool) -> list:
+    if isinstance(node, ast.CreateStmt):
+        columns = node.tableElts or ()
+    elif isinstance(node, ast.AlterTableStmt):
+        columns = [command.def_ for command in node.cmds if command.subtype == AlterTableType.AT_AddColumn]
+    else:
+        columns = ()
+    return column_type_advice(columns) + robust_statement_advice(node, transactional)
+
+
+def concurrent_index_name(node) -> str | None:
+    """The quoted name of an index built CONCURRENTLY; a failed build leaves it behind INVALID."""
+    if not isinstance(node, ast.IndexStmt) or not node.concurrent or not node.idxname:
+        return None
+    schema = node.relation.schemaname
+    return f"{quote_ident(schema)}.{quote_ident(node.idxname)}" if schema else quote_ident(node.idxname)
+
+
+def set_not_null_columns(node) -> list:
+    if not isinstance(node, ast.AlterTableStmt):
+        return []
+    return [command.name for command in node.cmds if command.subtype == AlterTableType.AT_SetNotNull]
+
+
 def analyse(name: str, text: str) -> dict:
     """Statements, transaction mode, allowances and findings of one migration file."""
     transactional, allowances, directive_errors = parse_directives(text)
@@ -478,21 +605,33 @@ def analyse(name: str, text: str) -> dict:
         line = text[:position].count("\n") + 1
         findings.append(_finding("parse-error", {"line": line, "sql": ""}, detail=error.args[0]))
         statements = []
-    created = set()
+    created, locked = set(), set()
     for statement in statements:
         node = statement.pop("node")
         rules, tables = statement_rules(node, transactional)
+        rules += same_transaction_rules(node, tables, locked) + advice_rules(node, transactional)
         statement["tables"] = tables
+        index = concurrent_index_name(node)
+        if index:
+            statement["index"] = index
         fresh = bool(tables) and all(table in created for table in tables)
+        not_null_columns = iter(set_not_null_columns(node))
         for rule in rules:
-            # A table this file created cannot be in use yet; errors stay errors regardless.
-            if fresh and RULES[rule][0] != ERROR:
+            extra = {}
+            if rule == "adding-required-field":
+                extra = {"needs_rows": True}
+            elif rule == "set-not-null":
+                # With a validated CHECK (col IS NOT NULL) PostgreSQL skips the scan; the module looks.
+                extra = {"column": next(not_null_columns), "unless_not_null_checked": True}
+            # A table this file created cannot be in use yet: nothing it does there blocks anyone.
+            if fresh and RULES[rule][0] in ALLOWABLE_CLASSES:
                 continue
-            extra = {"needs_rows": True} if rule == "adding-required-field" else {}
             findings.append(_finding(rule, statement, tables[0] if tables else None, **extra))
         new_table = created_table(node)
         if new_table:
             created.add(new_table)
+        if transactional:
+            locked.update(table for table in locked_until_commit(node) if table not in created)
     for finding in findings:
         finding["file"] = name
     return {

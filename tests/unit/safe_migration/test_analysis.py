@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from ansible_collections.berth.stack.plugins.module_utils import _migrations as mig
 from ansible_collections.berth.stack.plugins.plugin_utils import _migration_analysis as analysis
 
 
@@ -27,7 +28,7 @@ def rules_of(sql: str, transactional: bool = True) -> list:
         ("ALTER TABLE accounts RENAME COLUMN name TO full_name;", "rename-column"),
         ("ALTER TABLE accounts RENAME TO customers;", "rename-table"),
         ("ALTER SCHEMA billing RENAME TO invoicing;", "rename-table"),
-        ("ALTER TABLE accounts ADD COLUMN tier int NOT NULL;", "adding-required-field"),
+        ("ALTER TABLE accounts ADD COLUMN tier bigint NOT NULL;", "adding-required-field"),
         ("ALTER TABLE accounts ALTER COLUMN email DROP NOT NULL;", "drop-not-null"),
     ],
 )
@@ -46,7 +47,7 @@ def test_destructive_statements(sql, rule):
             "ALTER TABLE invoices ADD CONSTRAINT fk FOREIGN KEY (account_id) REFERENCES accounts;",
             "foreign-key-without-not-valid",
         ),
-        ("ALTER TABLE invoices ADD COLUMN payer int REFERENCES accounts;", "foreign-key-without-not-valid"),
+        ("ALTER TABLE invoices ADD COLUMN payer bigint REFERENCES accounts;", "foreign-key-without-not-valid"),
         ("ALTER TABLE accounts ADD CONSTRAINT positive CHECK (balance >= 0);", "check-without-not-valid"),
         ("ALTER TABLE accounts ADD CONSTRAINT email_unique UNIQUE (email);", "unique-constraint"),
         ("ALTER TABLE accounts ADD PRIMARY KEY (id);", "primary-key-constraint"),
@@ -56,7 +57,7 @@ def test_destructive_statements(sql, rule):
         ("ALTER TABLE accounts ADD COLUMN token uuid DEFAULT gen_random_uuid();", "volatile-default"),
         ("ALTER TABLE accounts ADD COLUMN seen timestamptz DEFAULT clock_timestamp();", "volatile-default"),
         ("ALTER TABLE accounts ADD COLUMN seq bigserial;", "rewriting-column"),
-        ("ALTER TABLE accounts ADD COLUMN n int GENERATED ALWAYS AS IDENTITY;", "rewriting-column"),
+        ("ALTER TABLE accounts ADD COLUMN n bigint GENERATED ALWAYS AS IDENTITY;", "rewriting-column"),
         ("ALTER TABLE accounts SET TABLESPACE fast;", "table-rewrite"),
         ("CLUSTER accounts USING accounts_pkey;", "table-rewrite"),
         ("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE;", "lock-table"),
@@ -66,6 +67,97 @@ def test_destructive_statements(sql, rule):
 )
 def test_lock_heavy_statements(sql, rule):
     assert rules_of(sql) == [("lock-heavy", rule)]
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        (
+            "ALTER TABLE accounts ADD CONSTRAINT positive CHECK (balance >= 0) NOT VALID;\n"
+            "ALTER TABLE accounts VALIDATE CONSTRAINT positive;",
+            "validate-in-same-transaction",
+        ),
+        (
+            "ALTER TABLE invoices ADD CONSTRAINT fk FOREIGN KEY (account_id) REFERENCES accounts NOT VALID;\n"
+            "ALTER TABLE invoices VALIDATE CONSTRAINT fk;",
+            "validate-in-same-transaction",
+        ),
+        (
+            "ALTER TABLE accounts ADD COLUMN status text;\nUPDATE accounts SET status = 'active' WHERE id < 1000;",
+            "backfill-in-same-transaction",
+        ),
+        (
+            "ALTER TABLE invoices ADD CONSTRAINT fk FOREIGN KEY (account_id) REFERENCES accounts NOT VALID;\n"
+            "DELETE FROM accounts WHERE closed;",
+            "backfill-in-same-transaction",
+        ),
+    ],
+)
+def test_statements_that_run_under_an_earlier_alters_lock(text, rule):
+    assert rules_of(text) == [("lock-heavy", rule)]
+    assert rules_of(text, transactional=False) == [], "in autocommit the ALTER's lock is gone before the next statement"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ALTER TABLE accounts VALIDATE CONSTRAINT positive;\nALTER TABLE accounts VALIDATE CONSTRAINT fk;",
+        "ALTER TABLE accounts ADD COLUMN status text;\nUPDATE invoices SET total = 0 WHERE total IS NULL;",
+        "CREATE TABLE audit (id bigint);\nALTER TABLE audit ADD COLUMN a text;\nUPDATE audit SET a = '' WHERE id = 1;",
+    ],
+)
+def test_later_statements_on_other_or_unlocked_tables_are_safe(text):
+    assert rules_of(text) == []
+
+
+def test_set_not_null_names_its_column_for_the_check_constraint_lookup():
+    findings = analysis.analyse(
+        "V1__t.sql", 'ALTER TABLE accounts ALTER email SET NOT NULL, ALTER "Name" SET NOT NULL;'
+    )
+    assert [(finding["rule"], finding["column"]) for finding in findings["findings"]] == [
+        ("set-not-null", "email"),
+        ("set-not-null", "Name"),
+    ]
+
+
+def test_a_named_concurrent_index_build_carries_the_index_to_clean_up():
+    text = '-- berth:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS "Email" ON app.accounts (email);'
+    (statement,) = analysis.analyse("V1__t.sql", text)["statements"]
+    assert statement["index"] == '"app"."Email"'
+
+
+@pytest.mark.parametrize(
+    ("sql", "rules"),
+    [
+        ("CREATE TABLE tags (id serial PRIMARY KEY, label text);", ["prefer-bigint"]),
+        ("CREATE TABLE tags (id int, rank smallint, label varchar(40));", ["prefer-bigint", "prefer-text-field"]),
+        ("ALTER TABLE accounts ADD COLUMN seen timestamp;", ["prefer-timestamptz"]),
+        ("ALTER TABLE accounts ADD COLUMN country char(2), ADD COLUMN region character(3);", ["ban-char-field"]),
+    ],
+)
+def test_column_types_that_cost_later_are_advice(sql, rules):
+    assert rules_of(sql) == [("advice", rule) for rule in rules]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE INDEX CONCURRENTLY accounts_email ON accounts (email);",
+        "CREATE INDEX CONCURRENTLY ON accounts (email);",
+        "DROP INDEX CONCURRENTLY accounts_email;",
+    ],
+)
+def test_no_transaction_statements_that_fail_on_a_rerun_are_advice(sql):
+    assert rules_of(sql, transactional=False) == [("advice", "prefer-robust-stmts")]
+
+
+def test_advice_warns_and_never_refuses_even_under_strict():
+    text = "CREATE TABLE tags (id int);\nALTER TABLE tags ADD COLUMN label varchar(10);\n"
+    migration = dict(analysis.analyse("V5__tags.sql", text), file="V5__tags.sql")
+    assert [finding["line"] for finding in migration["findings"]] == [1, 2], "advice holds on a fresh table too"
+    refused, judged = mig.judge([migration], "strict", connection=None)
+    assert refused == []
+    assert {finding["verdict"] for finding in judged} == {"warned"}
 
 
 def test_vacuum_full_is_lock_heavy_outside_a_transaction():

@@ -171,6 +171,54 @@ def test_non_transactional_file_runs_statement_by_statement(database, migrations
     assert [row[0] for row in database.history()] == ["1", "2"]
 
 
+def test_a_concurrent_index_build_that_timed_out_is_rebuilt_not_kept_invalid(database, migrations, run_module):
+    migrations("V1__accounts.sql", ACCOUNTS)
+    run_module(database.params(directory=migrations.directory))
+    migrations(
+        "V2__email_index.sql",
+        "-- berth:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_email ON accounts (email);\n",
+    )
+    # An open write transaction: CREATE INDEX CONCURRENTLY registers the index, then times out waiting
+    # for it, leaving an INVALID index that a plain retry with IF NOT EXISTS would silently keep.
+    release = threading.Event()
+    holder = hold_lock_on_accounts(database, release, "INSERT INTO accounts (email) VALUES ('late@example.test')")
+    threading.Timer(1.5, release.set).start()
+
+    result = run_module(
+        database.params(directory=migrations.directory, lock_timeout="200ms", retry_delay=0.3, lock_retries=8)
+    )
+    holder.join()
+
+    assert result["changed"] is True, result.get("msg")
+    assert result["retries"], "the index build should have hit lock_timeout at least once"
+    assert 'DROP INDEX CONCURRENTLY IF EXISTS "accounts_email"' in result["queries"]
+    assert database.rows("SELECT indisvalid FROM pg_index WHERE indexrelid = 'accounts_email'::regclass") == [(True,)]
+    assert [row[0] for row in database.history()] == ["1", "2"]
+
+
+def test_set_not_null_runs_once_a_validated_check_proves_it(database, migrations, run_module):
+    migrations("V1__tables.sql", ACCOUNTS + "CREATE TABLE tags (label text);\nINSERT INTO tags VALUES ('a');\n")
+    migrations(
+        "V2__email_check.sql", "ALTER TABLE accounts ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID;\n"
+    )
+    migrations("V3__email_validate.sql", "ALTER TABLE accounts VALIDATE CONSTRAINT email_nn;\n")
+    assert run_module(database.params(directory=migrations.directory))["changed"] is True
+
+    unproven = migrations("V4__label_required.sql", "ALTER TABLE tags ALTER COLUMN label SET NOT NULL;\n")
+    refused = run_module(database.params(directory=migrations.directory))
+    assert refused["failed"] is True
+    assert "V4__label_required.sql:1: lock-heavy [set-not-null]" in refused["msg"]
+    unproven.unlink()
+
+    migrations("V4__email_required.sql", "ALTER TABLE accounts ALTER COLUMN email SET NOT NULL;\n")
+    applied = run_module(database.params(directory=migrations.directory))
+    assert applied["changed"] is True, applied.get("msg")
+    assert applied["findings"] == []
+    assert database.rows(
+        "SELECT is_nullable FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'email'"
+    ) == [("NO",)]
+
+
 def test_refused_findings_change_nothing_and_allowances_are_recorded(database, migrations, run_module):
     migrations("V1__accounts.sql", ACCOUNTS)
     run_module(database.params(directory=migrations.directory))
