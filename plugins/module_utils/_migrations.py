@@ -143,8 +143,15 @@ def has_validated_not_null_check(connection, table: str, column: str) -> bool:
     )[0][0]
 
 
+def table_exists(connection, table: str) -> bool:
+    return pg.query(connection, "SELECT to_regclass(%s) IS NOT NULL", (table,))[0][0]
+
+
 def finding_applies(connection, finding: dict) -> bool:
     """Some findings depend on the live database: whether the table has rows, or a CHECK proves NOT NULL."""
+    blocking = finding["class"] in ("destructive", "lock-heavy") and finding.get("table")
+    if blocking and not table_exists(connection, finding["table"]):
+        return False  # an earlier pending file creates the table, so nobody uses it yet
     if finding.get("needs_rows"):
         return table_has_rows(connection, finding["table"])
     if finding.get("unless_not_null_checked"):

@@ -22,7 +22,8 @@ description:
     as an ALTER of that table, SET NOT NULL without a validated CHECK (col IS NOT NULL), rewriting type
     changes and defaults, VACUUM FULL, CLUSTER, REINDEX, LOCK) are refused by O(policy=strict) and warned
     about by O(policy=warn). Every finding names the file, line, rule, why it is dangerous and the safe
-    alternative. Statements on a table created earlier in the same file are safe. Advice (int instead of
+    alternative. Statements on a table created earlier in the same file, or by an earlier file of the same
+    run (it does not exist yet when the run starts), are safe. Advice (int instead of
     bigint, varchar(n), timestamp without time zone, char(n), concurrent index statements that fail on a
     re-run) is always a warning, never a refusal.
   - "A file allows a class with a comment line C(-- berth:allow destructive reason=\"...\") or

@@ -46,6 +46,7 @@ ADVICE = "advice"
 ALLOWABLE_CLASSES = (DESTRUCTIVE, LOCK_HEAVY)
 
 DIRECTIVE = re.compile(r"^\s*--\s*berth:(?P<name>[\w-]+)(?P<rest>.*)$")
+PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]*$")
 ALLOW = re.compile(r'^\s+(?P<cls>[\w-]+)\s+reason\s*=\s*"(?P<reason>[^"]*)"\s*$')
 
 # Rule id -> (class, why it is dangerous, the safe alternative). One table, so the README, the
@@ -295,10 +296,16 @@ DROPPED_OBJECTS = {
 }
 
 
+def sql_name(*parts: str) -> str:
+    """A qualified name that to_regclass() reads back as the same relation: a name PostgreSQL did not
+    fold to lower case ("Accounts") is quoted again; public is implied, so `t` and `public.t` match."""
+    if len(parts) == 2 and parts[0] in (None, "public"):
+        parts = parts[1:]
+    return ".".join(part if PLAIN_IDENTIFIER.match(part) else quote_ident(part) for part in parts)
+
+
 def table_name(relation) -> str:
-    """schema.table as PostgreSQL folded it; public is implied, so that `t` and `public.t` match."""
-    schema = relation.schemaname
-    return relation.relname if schema in (None, "public") else f"{schema}.{relation.relname}"
+    return sql_name(relation.schemaname, relation.relname)
 
 
 def _finding(rule: str, statement: dict, table: str | None = None, **extra) -> dict:
@@ -486,8 +493,7 @@ def statement_rules(node, transactional: bool) -> tuple[list, list]:
                 return (["concurrently-in-transaction"] if transactional else []), []
             return ["drop-index-non-concurrent"], []
         if kind == "OBJECT_TABLE":
-            names = [".".join(part.sval for part in name) for name in node.objects]
-            return ["drop-table"], [name.removeprefix("public.") for name in names]
+            return ["drop-table"], [sql_name(*(part.sval for part in name)) for name in node.objects]
         if kind == "OBJECT_SCHEMA":
             return ["drop-schema"], []
         if kind in DROPPED_OBJECTS:

@@ -230,6 +230,20 @@ def test_statements_on_a_table_created_in_the_same_file_are_safe():
     ]
 
 
+@pytest.mark.parametrize(
+    ("sql", "table"),
+    [
+        ('ALTER TABLE "Accounts" ALTER COLUMN email SET NOT NULL;', '"Accounts"'),
+        ("ALTER TABLE public.accounts ALTER COLUMN email SET NOT NULL;", "accounts"),
+        ('ALTER TABLE "Billing".invoices ALTER COLUMN total SET NOT NULL;', '"Billing".invoices'),
+        ('DROP TABLE app."Old Accounts";', 'app."Old Accounts"'),
+    ],
+)
+def test_finding_tables_are_names_to_regclass_reads_back(sql, table):
+    (finding,) = analysis.analyse("V1__t.sql", sql)["findings"]
+    assert finding["table"] == table
+
+
 def test_a_finding_names_file_line_rule_why_and_alternative():
     text = "-- add a column\n\nALTER TABLE accounts\n  ALTER COLUMN email SET NOT NULL;\n"
     (finding,) = analysis.analyse("V7__email_required.sql", text)["findings"]

@@ -260,6 +260,31 @@ def test_required_column_is_only_destructive_on_a_filled_table(database, migrati
     assert "[adding-required-field]" in result["msg"]
 
 
+def test_a_table_created_by_an_earlier_file_of_the_same_run_is_new(database, migrations, run_module):
+    migrations("V1__invoices.sql", "CREATE TABLE invoices (id bigint PRIMARY KEY, ref text);\n")
+    migrations("V2__invoice_ref.sql", "CREATE INDEX invoices_ref ON invoices (ref);\n")
+
+    first_deploy = run_module(database.params(directory=migrations.directory))
+    assert first_deploy["changed"] is True, first_deploy.get("msg")
+    assert first_deploy["findings"] == []
+
+    migrations("V3__invoice_ref_again.sql", "CREATE INDEX invoices_ref_2 ON invoices (ref);\n")
+    later = run_module(database.params(directory=migrations.directory))
+    assert later["failed"] is True
+    assert "V3__invoice_ref_again.sql:1: lock-heavy [create-index-non-concurrent]" in later["msg"]
+
+
+def test_a_quoted_mixed_case_table_is_checked_against_the_live_database(database, migrations, run_module):
+    migrations("V1__accounts.sql", ACCOUNTS.replace("accounts", '"Accounts"'))
+    run_module(database.params(directory=migrations.directory))
+    migrations("V2__required.sql", 'ALTER TABLE "Accounts" ALTER COLUMN email SET NOT NULL;\n')
+
+    result = run_module(database.params(directory=migrations.directory))
+
+    assert result["failed"] is True, "the table exists and has rows, so SET NOT NULL must be refused"
+    assert "[set-not-null]" in result["msg"]
+
+
 def test_check_mode_returns_the_plan_and_touches_nothing(database, migrations, run_module, tmp_path):
     migrations("V1__accounts.sql", ACCOUNTS)
     run_module(database.params(directory=migrations.directory))
