@@ -74,13 +74,20 @@ def next_color(state):
     return other_color(color) if color else COLORS[0]
 
 
-def record_release(state, release, color, release_dir, images, now, keep):
+def record_release(state, release, color, release_dir, images, now, keep, compose_sha256=None):
     """Make ``release`` active on ``color`` and put it first in the history, keeping ``keep`` entries.
 
     A release deployed again (a rollback) moves to the front instead of appearing twice.
     Returns the history entries dropped beyond ``keep``.
     """
-    entry = {"release": release, "color": color, "release_dir": release_dir, "deployed_at": now, "images": images}
+    entry = {
+        "release": release,
+        "color": color,
+        "release_dir": release_dir,
+        "compose_sha256": compose_sha256,
+        "deployed_at": now,
+        "images": images,
+    }
     history = [item for item in state["releases"] if item.get("release") != release]
     history.insert(0, entry)
     state["active"] = {"color": color, "release": release, "since": now}

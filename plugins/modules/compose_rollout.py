@@ -281,6 +281,11 @@ pruned_releases:
   returned: success
   type: list
   elements: dict
+history:
+  description: The releases kept in the state file after this rollout, newest (active) first.
+  returned: success
+  type: list
+  elements: dict
 commands:
   description: The commands run, in order.
   returned: always
@@ -295,6 +300,7 @@ timings:
 
 import contextlib
 import datetime
+import hashlib
 import os
 import re
 import time
@@ -668,7 +674,15 @@ def main():
         "timings": timings,
     }
 
-    serving = previous["release"] == params["release"] and previous["color"]
+    compose_file = os.path.join(params["release_dir"], params["compose_file"])
+    compose_sha256 = file_sha256(compose_file)
+    # The same release id with a changed compose file (a configuration change) is rolled out again.
+    recorded = states.find_release(state, params["release"]) or {}
+    serving = (
+        previous["release"] == params["release"]
+        and previous["color"]
+        and recorded.get("compose_sha256") in (None, compose_sha256)
+    )
     color = previous["color"] if serving else states.next_color(state)
     planned = desired_upstreams(params, color)
     upstream_plan = [
@@ -676,7 +690,6 @@ def main():
         for name, path, content, ports in planned
     ]
     env = compose_environment(params, color)
-    compose_file = os.path.join(params["release_dir"], params["compose_file"])
     try:
         compose_order = docker.compose_services(traced, compose_file, env)
     except docker.DockerError as exc:
@@ -765,12 +778,17 @@ def main():
     # datetime.UTC needs Python 3.11; targets may run older Pythons.
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
     pruned = states.record_release(
-        state, params["release"], color, params["release_dir"], images, now, params["keep_releases"]
+        state, params["release"], color, params["release_dir"], images, now, params["keep_releases"], compose_sha256
     )
     states.save_state(state_path, state)
     timings["record"] = round(time.monotonic() - step, 3)
     timings["total"] = round(time.monotonic() - started, 2)
-    module.exit_json(images=images, pruned_releases=pruned, **result)
+    module.exit_json(images=images, pruned_releases=pruned, history=state["releases"], **result)
+
+
+def file_sha256(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def stop_quietly(run, project, timeout):

@@ -227,3 +227,23 @@ def test_bad_nginx_url_is_refused(rollout, workdir, field, value, message):
     result = rollout(workdir / "releases" / "r1", "r1", **{field: value})
     assert result["failed"]
     assert message in result["msg"]
+
+
+def test_the_same_release_with_a_changed_compose_file_rolls_out_again(rollout, release, state_file):
+    changed = {
+        "backend": {
+            "environment": {
+                "PGHOST": "crtest-db",
+                "PGUSER": "demo",
+                "PGPASSWORD": "crtest",
+                "PGDATABASE": "demo",
+                "DEMO_ACCESS_LOG": "1",
+            }
+        }
+    }
+    result = rollout(release("r1", "v1", changed), "r1")
+    assert not result.get("failed"), result.get("msg")
+    assert result["changed"] is True
+    assert result["color"] == "green"
+    assert served_version() == "v1"
+    assert state_file()["active"] == {**state_file()["active"], "color": "green", "release": "r1"}
