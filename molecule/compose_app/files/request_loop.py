@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""A bounded request loop through nginx during a rollout: at most --max-requests requests and
+--max-seconds seconds, or until --stop-file appears. Prints a JSON summary: how many requests
+failed (non-200 or no answer), and the versions served, in order."""
+
+import argparse
+import http.client
+import json
+import os
+import time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--host", default="127.0.0.1")
+parser.add_argument("--port", type=int, default=80)
+parser.add_argument("--path", default="/api/health")
+parser.add_argument("--host-header", default="demo.localhost")
+parser.add_argument("--max-requests", type=int, default=20000)
+parser.add_argument("--max-seconds", type=float, default=180)
+parser.add_argument("--stop-file", default="/run/berth-request-loop.stop")
+parser.add_argument("--out", default="/run/berth-request-loop.json")
+args = parser.parse_args()
+
+
+def get(connection):
+    """(status, body, connection). A reused keep-alive connection that nginx closed before answering
+    (it closes idle ones on reload) is retried once on a new connection, as HTTP clients do."""
+    for reused in (connection is not None, False):
+        if connection is None:
+            connection = http.client.HTTPConnection(args.host, args.port, timeout=5)
+        try:
+            connection.request("GET", args.path, headers={"Host": args.host_header})
+            response = connection.getresponse()
+            return response.status, response.read(), connection
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            connection = None
+            if not reused:
+                return None, f"{type(exc).__name__}: {exc}".encode(), None
+    return None, b"unreachable", None
+
+
+started = time.monotonic()
+total = 0
+failures = []
+versions = []
+connection = None
+while (
+    total < args.max_requests and time.monotonic() - started < args.max_seconds and not os.path.exists(args.stop_file)
+):
+    total += 1
+    status, body, connection = get(connection)
+    if status != 200:
+        failures.append(f"{status} {body[:120]!r}")
+        continue
+    version = json.loads(body).get("version")
+    if not versions or versions[-1] != version:
+        versions.append(version)
+    time.sleep(0.005)
+
+summary = {
+    "requests": total,
+    "failed": len(failures),
+    "failures": failures[:20],
+    "versions": versions,
+    "seconds": round(time.monotonic() - started, 1),
+}
+with open(args.out, "w") as out:
+    json.dump(summary, out)
+print(json.dumps(summary))

@@ -1,0 +1,109 @@
+"""The demo app after compose_app's scenario, checked from outside: nginx answers, the database
+holds the migrations, secrets are 0600, ports are on 127.0.0.1, the old color is kept stopped."""
+
+import json
+
+import pytest
+
+HOST_HEADER = "demo.localhost"
+
+
+def get(host, path):
+    return host.check_output(f"curl -sS --max-time 5 -H 'Host: {HOST_HEADER}' http://127.0.0.1{path}")
+
+
+def containers(host, project):
+    """service -> state of a Compose project's containers."""
+    out = host.check_output(
+        "docker ps --all --filter label=com.docker.compose.project=%s "
+        "--format '{{.Label \"com.docker.compose.service\"}} {{.State}}'",
+        project,
+    )
+    return dict(line.split() for line in out.splitlines())
+
+
+def state(host):
+    return json.loads(host.file("/srv/berth/demo/state.json").content_string)
+
+
+def test_v1_serves_through_nginx_with_the_database_connected(host):
+    assert json.loads(get(host, "/api/health")) == {"status": "ok", "database": "connected", "version": "v1"}
+    assert 'id="frontend-version">v1<' in get(host, "/")
+
+
+def test_notes_are_written_and_read_through_nginx(host):
+    created = json.loads(
+        host.check_output(
+            "curl -sS --max-time 5 -H 'Host: %s' -H 'Content-Type: application/json' "
+            '-d \'{"body": "from verify"}\' http://127.0.0.1/api/notes',
+            HOST_HEADER,
+        )
+    )
+    notes = json.loads(get(host, "/api/notes"))
+    assert {"id": created["id"], "body": "from verify"} in [{"id": n["id"], "body": n["body"]} for n in notes]
+
+
+def test_the_worker_consumes_the_queue(host):
+    job = json.loads(
+        host.check_output("curl -sS --max-time 5 -H 'Host: %s' -d '{}' http://127.0.0.1/api/jobs", HOST_HEADER)
+    )
+    for _ in range(30):
+        status = json.loads(get(host, f"/api/jobs/{job['id']}"))
+        if status["status"] == "done":
+            break
+        host.run("sleep 0.5")
+    assert status["status"] == "done"
+    assert status["processed_by"].endswith("@v1")
+
+
+def test_migrations_are_recorded_in_the_history_table(host):
+    versions = host.check_output(
+        "docker exec demo-data-db-1 psql -U demo -d demo -tAc 'SELECT version FROM berth_schema_history ORDER BY 1'"
+    )
+    assert versions.split() == ["0001", "0002"] or versions.split() == ["1", "2"]
+
+
+def test_blue_serves_and_green_is_kept_stopped(host):
+    current = state(host)
+    assert current["active"] == {**current["active"], "release": "v1"}
+    active, idle = current["active"]["color"], {"blue": "green", "green": "blue"}[current["active"]["color"]]
+    assert containers(host, f"demo-{active}") == {"backend": "running", "worker": "running", "frontend": "running"}
+    assert set(containers(host, f"demo-{idle}").values()) == {"exited"}
+    backend_port = {"blue": 18010, "green": 18020}[active]
+    upstream = host.file("/etc/nginx/berth/upstreams/demo_backend.conf").content_string
+    assert f"server 127.0.0.1:{backend_port} max_fails=0;" in upstream
+
+
+def test_history_records_image_ids_and_is_bounded(host):
+    releases = state(host)["releases"]
+    assert releases[0]["release"] == "v1"
+    assert len(releases) <= 3
+    assert all(item["images"]["backend"]["image_id"].startswith("sha256:") for item in releases)
+    assert releases[0]["images"]["backend"]["image"] == "berth/demo-backend:v1"
+
+
+@pytest.mark.parametrize("path", ["/srv/berth/demo/data/db.env", "/srv/berth/demo/releases/v1/backend.env"])
+def test_secret_env_files_are_root_only(host, path):
+    secret = host.file(path)
+    assert secret.mode == 0o600
+    assert secret.user == "root"
+    assert "demo-local-only" in secret.content_string
+
+
+def test_data_and_app_ports_listen_on_loopback_only(host):
+    published = host.check_output("docker ps --format '{{.Ports}}'")
+    addresses = {
+        part.strip().split(":")[0] for line in published.splitlines() for part in line.split(",") if "->" in part
+    }
+    assert addresses == {"127.0.0.1"}
+
+
+def test_app_containers_run_as_a_non_root_user(host):
+    user = host.check_output(
+        "docker inspect --format '{{.Config.User}}' $(docker ps -q --filter label=com.docker.compose.service=backend)"
+    )
+    assert user == "10001"
+
+
+def test_no_deploy_lock_is_left_behind(host):
+    assert not host.file("/srv/berth/demo/deploy.lock").exists
