@@ -48,7 +48,18 @@ def request(host, url, *options):
 
 def handshake(host, *options, servername="shop.test", port=443):
     args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", servername, *options]
-    return host.run(" ".join(["%s"] * len(args)) + " </dev/null", *args)
+    result = host.run(" ".join(["%s"] * len(args)) + " </dev/null", *args)
+    negotiated = re.findall(r"^(?:New, .*|\s*Protocol\s*:.*|\s*Cipher\s*:.*)$", result.stdout, re.MULTILINE)
+    record(host, "tls", f"{' '.join(args[1:])}: exit {result.rc}; {'; '.join(line.strip() for line in negotiated)}")
+    return result
+
+
+def record(host, topic, text):
+    """Keep what the checks saw in tests/output/, for the notes of a run."""
+    output_dir = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / "tests" / "output"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / f"nginx-{topic}-{host.backend.get_hostname()}.txt").open("a") as handle:
+        handle.write(text + "\n")
 
 
 def test_nginx_runs_enabled_and_hides_its_version(host):
@@ -325,6 +336,7 @@ def test_upstream_switch_takes_effect_on_reload_without_a_failed_request(host):
     before = request(host, "http://plain.test/switch/x").json()["backend"]
     assert before == "backend"
     outcome = json.loads(host.check_output("python3 -c %s", SWITCH_PROBE))
+    record(host, "switch", json.dumps(outcome))
     assert outcome["failed_count"] == 0, outcome
     assert outcome["requests"] >= outcome["switched_at"] + 50, outcome
     assert outcome["before"] == outcome["switched_at"] > 0, outcome
@@ -339,11 +351,6 @@ def test_gixy_finds_nothing_in_the_rendered_configuration(host, tmp_path):
     dump.write_text(host.check_output("nginx -T 2>/dev/null"))
     gixy = shutil.which("gixy") or str(Path(sys.executable).with_name("gixy"))
     report = subprocess.run([gixy, str(dump)], capture_output=True, text=True, check=False)
-    output_dir = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")) / "tests" / "output"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    record = output_dir / f"gixy-{host.backend.get_hostname()}.txt"
-    record.write_text(
-        f"$ gixy nginx -T ({host.backend.get_hostname()})\nexit {report.returncode}\n{report.stdout}{report.stderr}"
-    )
+    record(host, "gixy", f"$ gixy nginx -T\nexit {report.returncode}\n{report.stdout}{report.stderr}")
     assert report.returncode == 0, report.stdout + report.stderr
     assert "No issues found" in report.stdout, report.stdout
