@@ -66,6 +66,8 @@ test: ## Everything CI runs, in order, stopping at the first failure
 
 demo: prepare ## Provision a local Debian 13 container with deploy.yml and show the result
 	ansible-playbook tests/harness/demo_target.yml
+	ansible-playbook playbooks/provision.yml -i inventories/local
+	ansible-playbook tests/harness/demo_images.yml -i inventories/local
 	ansible-playbook deploy.yml -i inventories/local $(if $(VERSION),-e berth_demo_version=$(VERSION))
 	ansible-playbook tests/harness/demo_report.yml -i inventories/local
 
