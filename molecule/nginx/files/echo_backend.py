@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Test backend: answers every request with JSON naming itself, the path it got and the headers.
 
 Started as berth-echo@NAME-PORT.service; listens on 127.0.0.1:PORT.

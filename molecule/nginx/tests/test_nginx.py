@@ -22,12 +22,12 @@ HSTS = "max-age=63072000"
 
 class Response:
     def __init__(self, raw):
-        head, _, self.body = raw.partition("\r\n\r\n")
+        head, self.body = [*raw.split("\r\n\r\n", 1), ""][:2]
         lines = head.split("\r\n")
         self.status = int(lines[0].split()[1])
         self.headers = {}
         for line in lines[1:]:
-            name, _, value = line.partition(":")
+            name, value = [*line.split(":", 1), ""][:2]
             self.headers[name.strip().lower()] = value.strip()
 
     def json(self):
