@@ -252,3 +252,26 @@ def test_the_same_release_with_a_changed_compose_file_rolls_out_again(rollout, r
     assert result["color"] == "green"
     assert served_version() == "v1"
     assert state_file()["active"] == {**state_file()["active"], "color": "green", "release": "r1"}
+
+
+def test_replicas_get_consecutive_ports_and_all_join_the_upstream(rollout, release, nginx):
+    two_frontends = {"frontend": {"deploy": {"replicas": 2}}}
+    services = [
+        {"name": "backend", "ports": PORTS["backend"], "upstream": "crtest_backend"},
+        {"name": "worker"},
+        {
+            "name": "frontend",
+            "ports": PORTS["frontend"],
+            "replicas": 2,
+            "upstream": "crtest_frontend",
+            "probes": [{"path": "/healthz", "successes": 1, "interval": 0.2, "timeout": 4}],
+        },
+    ]
+    result = rollout(release("r7", "v2", two_frontends), "r7", services=services)
+    assert not result.get("failed"), result.get("msg")
+    assert result["color"] == "blue"
+    assert upstream_ports(nginx, "crtest_frontend") == [18211, 18212]
+    probed = [gate["url"] for gate in result["gates"] if gate["gate"] == "http" and gate["service"] == "frontend"]
+    assert probed == ["http://127.0.0.1:18211/healthz", "http://127.0.0.1:18212/healthz"]
+    for port in (18211, 18212):
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
