@@ -55,7 +55,7 @@ class Load:
         self.results = []  # (status or error name, seconds taken, when it ended)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self._workers = [threading.Thread(target=self._run, daemon=True) for _worker in range(threads)]
 
     def _run(self):
         interval = self.threads / self.rate
@@ -308,7 +308,7 @@ def main() -> int:
             rows.append(("(a) naive compose up -d, v1 -> v2", summary, seconds, "ok"))
             sh("docker", "compose", "-p", f"{PREFIX}-naive", "down", "--timeout", "2")
 
-            first, _ = rollout(work, nginx, "v1")
+            first, _seconds = rollout(work, nginx, "v1")
             if first.get("failed"):
                 sys.exit(f"bench: first berth deploy failed: {first['msg']}")
             summary, (result, seconds) = measure(load_args, lambda: rollout(work, nginx, "v2"))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A bounded request loop through nginx during a rollout: at most --max-requests requests and
 --max-seconds seconds, or until --stop-file appears. Prints a JSON summary: how many requests
 failed (non-200 or no answer), and the versions served, in order."""

@@ -47,7 +47,7 @@ def test_the_worker_consumes_the_queue(host):
     job = json.loads(
         host.check_output("curl -sS --max-time 5 -H 'Host: %s' -d '{}' http://127.0.0.1/api/jobs", HOST_HEADER)
     )
-    for _ in range(30):
+    for _attempt in range(30):
         status = json.loads(get(host, f"/api/jobs/{job['id']}"))
         if status["status"] == "done":
             break
