@@ -74,10 +74,14 @@ demo: prepare ## Provision a local Debian 13 container with deploy.yml and show 
 demo-clean: venv ## Remove the demo target
 	ansible-playbook tests/harness/demo_target.yml -e berth_demo_state=absent
 
-.PHONY: bench-migration-locks
+.PHONY: bench-migration-locks bench-rollout
 bench-migration-locks: venv ## Benchmark: app query stalls during an ALTER, plain psql vs safe_migration
 	python3 tests/harness/prepare.py --only packages --only link
 	python bench/migration_locks.py
+
+bench-rollout: venv ## Benchmark: failed requests during a naive compose up, a berth rollout, a failing one
+	python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
+	python bench/rollout.py
 
 build: venv ## Build the collection tarball
 	ansible-galaxy collection build --force --output-path build/
