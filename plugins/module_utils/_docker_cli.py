@@ -11,6 +11,7 @@ output; callers decide what to tell the user.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 COMPOSE_LABEL_PROJECT = "com.docker.compose.project"
@@ -54,6 +55,24 @@ def compose_services(run, compose_file, env=None):
     """Service names of a compose file, as compose itself resolves them (validates the file)."""
     out = check(run, ["docker", "compose", "--file", compose_file, "config", "--services"], env=env)
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def compose_env_files(run, compose_file):
+    """Absolute paths of the env files (``env_file:``) a compose file's services read, sorted.
+
+    ``--no-interpolate`` keeps them as entries instead of merging their values into ``environment``,
+    so no secret value passes through here.
+    """
+    out = check(run, ["docker", "compose", "--file", compose_file, "config", "--format", "json", "--no-interpolate"])
+    base = os.path.dirname(os.path.abspath(compose_file))
+    paths = set()
+    for service in (json.loads(out).get("services") or {}).values():
+        entries = service.get("env_file") or []
+        for entry in [entries] if isinstance(entries, (str, dict)) else entries:
+            path = entry.get("path") if isinstance(entry, dict) else entry
+            if path:
+                paths.add(os.path.normpath(os.path.join(base, path)))
+    return sorted(paths)
 
 
 def compose_up(run, project, compose_file, services, env=None, remove_orphans=False):

@@ -47,6 +47,11 @@ def upstream_ports(content):
     return [int(port) for port in re.findall(r"^\s*server\s+127\.0\.0\.1:(\d+)\b", content or "", re.MULTILINE)]
 
 
+def dumped_files(dump):
+    """The files an ``nginx -T`` dump shows nginx reading (it heads each with ``# configuration file``)."""
+    return set(re.findall(r"^# configuration file (.+):$", dump or "", re.MULTILINE))
+
+
 def write_atomically(path, content, mode=FILE_MODE):
     """Replace ``path`` with ``content`` in one rename, so nginx never reads half a file."""
     directory = os.path.dirname(path)

@@ -68,23 +68,24 @@ def active_release(state):
     return (state.get("active") or {}).get("release")
 
 
-def next_color(state):
-    """The idle color a new release starts in: the one not serving (blue on a first deploy)."""
-    color = active_color(state)
-    return other_color(color) if color else COLORS[0]
+def next_color(live):
+    """The idle color a new release starts in: the one not serving (blue on a first deploy, ``live`` None)."""
+    return other_color(live) if live else COLORS[0]
 
 
-def record_release(state, release, color, release_dir, images, now, keep, compose_sha256=None):
+def record_release(state, release, color, release_dir, images, now, keep, release_sha256=None):
     """Make ``release`` active on ``color`` and put it first in the history, keeping ``keep`` entries.
 
     A release deployed again (a rollback) moves to the front instead of appearing twice.
+    ``release_sha256`` covers the release's compose file and the env files it reads, so the same
+    release id with a changed configuration or secret is rolled out again.
     Returns the history entries dropped beyond ``keep``.
     """
     entry = {
         "release": release,
         "color": color,
         "release_dir": release_dir,
-        "compose_sha256": compose_sha256,
+        "release_sha256": release_sha256,
         "deployed_at": now,
         "images": images,
     }

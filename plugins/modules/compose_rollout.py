@@ -19,10 +19,18 @@ description:
   - When a gate fails the new color is stopped, traffic is untouched, and the module fails naming the gate,
     the service, the last probe result, the container's health log and its last log lines.
   - When every gate passes, the app's nginx upstream files are switched to the new color (atomic rename,
-    C(nginx -t), graceful reload; the previous files are restored when C(nginx -t) fails), the probes run
-    again through nginx, and a failure there switches traffic back and fails.
-  - After a drain period the old color is stopped (kept, so a rollback starts it again in seconds) and the
-    release is recorded in C(<state_dir>/state.json) with its image IDs and digests.
+    C(nginx -t), a check with C(nginx -T) that nginx reads the written files, graceful reload; the previous
+    files are restored when nginx refuses them or does not read them), the probes run again through nginx,
+    and a failure there switches traffic back and fails. When the reload that switches back fails, the new
+    color keeps running and is recorded, because nginx still routes to it.
+  - As soon as the probes through nginx pass, the release is recorded in C(<state_dir>/state.json) with its
+    image IDs and digests; then, after a drain period, the old color is stopped (kept, so a rollback starts
+    it again in seconds).
+  - The live color is the one the upstream files point at when they all point at one color; C(state.json)
+    decides only when they do not (first deploy, placeholder). So a rollout interrupted after its switch
+    never makes the next one start in the live color.
+  - The same release id is rolled out again when its compose file or an env file it reads (C(env_file))
+    changed, so a changed secret reaches the containers.
   - "The compose file receives each service's host port(s) for the color being started in the environment
     variable C(BERTH_PORT_<SERVICE>) (service name upper-cased, other characters as C(_)), for example
     C(ports: [\"127.0.0.1:${BERTH_PORT_BACKEND}:8000\"]), and the color in C(BERTH_COLOR)."
@@ -72,7 +80,8 @@ options:
   services:
     description:
       - The release's app services, in the order they start; each one's gates pass before the next starts.
-      - Services of the compose file not listed here start last and are gated on their HEALTHCHECK only.
+      - Services of the compose file not listed here start last and are gated on their HEALTHCHECK only,
+        within the default O(services[].health_timeout).
     type: list
     elements: dict
     required: true
@@ -174,7 +183,11 @@ options:
     description: C(Host) header for the probes through nginx, to reach the app's site.
     type: str
   nginx_test_command:
-    description: Command that checks the complete nginx configuration.
+    description:
+      - Command that checks the complete nginx configuration.
+      - When it contains C(-t), the module also runs it with C(-T) in its place and fails unless nginx
+        reads every written upstream file (an O(upstreams_dir) nginx does not include is caught before
+        the reload).
     type: list
     elements: str
     default: [nginx, -t, -q]
@@ -259,6 +272,17 @@ plan:
     order: [backend, worker, frontend]
     upstreams:
       - {name: demo_backend, path: /etc/nginx/berth/upstreams/demo_backend.conf, ports: [18220], changed: true}
+    steps:
+      - "start and gate demo-green: backend, worker, frontend"
+      - "switch upstreams to green: demo_backend, demo_frontend (nginx -t, nginx -T, reload)"
+      - "probe through nginx at http://127.0.0.1"
+      - "record 2025-01-15.1 as active in /srv/berth/demo/state.json"
+      - "drain 5 s, then stop demo-blue"
+  contains:
+    steps:
+      description: The steps the rollout takes, in order; empty when the release already serves.
+      type: list
+      elements: str
 gates:
   description: The result of every gate, in the order they ran.
   returned: always
@@ -268,9 +292,25 @@ gates:
     - {gate: health, service: backend, passed: true, seconds: 4.1}
     - {gate: http, service: backend, url: "http://127.0.0.1:18220/api/health", passed: true, attempts: 3}
 failed_gate:
-  description: On failure, the gate that failed with its last probe result, health log and last log lines.
-  returned: failure
+  description:
+    - On a failed gate, the gate (C(health), C(http) or C(nginx)), the service and color, and for HTTP gates
+      the URL, the expectation and the last probe result. The health log and last log lines are in RV(ignore:msg).
+  returned: when a gate failed
   type: dict
+  sample:
+    gate: http
+    service: backend
+    color: blue
+    url: "http://127.0.0.1:18210/api/health"
+    method: GET
+    status: 200
+    expect: "status == 'ok' && database == 'connected'"
+    successes: 3
+    passed: false
+    attempts: 61
+    last: {ok: false, url: "http://127.0.0.1:18210/api/health", status: 200,
+           body: '{"status": "ok", "database": "disconnected", "version": "v3"}',
+           reason: "expression \"status == 'ok' && database == 'connected'\" is false on the body"}
 images:
   description: Image reference, image ID and repository digests of every service of the release.
   returned: success
@@ -292,10 +332,11 @@ commands:
   type: list
   elements: str
 timings:
-  description: Seconds per step (start_and_gate, switch, nginx_probe, drain, stop_old, record, total).
+  description: Seconds per step (start_and_gate, switch, nginx_probe, record, drain, stop_old, total).
   returned: always
   type: dict
-  sample: {"start_and_gate": 6.2, "switch": 0.1, "nginx_probe": 2.0, "drain": 5.0, "stop_old": 0.6, "total": 14.0}
+  sample: {"start_and_gate": 6.2, "switch": 0.1, "nginx_probe": 2.0, "record": 0.01, "drain": 5.0, "stop_old": 0.6,
+           "total": 14.0}
 """
 
 import contextlib
@@ -541,7 +582,8 @@ def start_and_gate(run, params, color, order, env, gates):
     for index, name in enumerate(order):
         started = time.monotonic()
         docker.compose_up(run, project, compose_file, [name], env, remove_orphans=index == len(order) - 1)
-        service = by_name.get(name, {"health_timeout": 120, "probes": [], "ports": None, "replicas": 1})
+        unlisted = {key: SERVICE_SPEC[key]["default"] for key in ("health_timeout", "replicas", "probes")}
+        service = by_name.get(name, {**unlisted, "ports": None})
         passed, documents, reason = wait_healthy(run, project, name, service["health_timeout"])
         gates.append(
             {"gate": "health", "service": name, "passed": passed, "seconds": round(time.monotonic() - started, 2)}
@@ -579,8 +621,15 @@ def nginx_command(module, commands, argv):
     return rc, (err or out).strip()
 
 
+def dump_command(test_command):
+    """The nginx test command with -T (test and dump) in place of -t, or None when it has no -t."""
+    if "-t" not in test_command:
+        return None
+    return ["-T" if arg == "-t" else arg for arg in test_command]
+
+
 def switch_upstreams(module, params, planned, commands):
-    """Write the upstream files, check nginx, reload; restore and raise when nginx refuses them."""
+    """Write the upstream files, check nginx reads and accepts them, reload; restore and raise when not."""
     previous = {}
     for _name, path, content, _ports in planned:
         previous[path] = upstreams.read_file(path)
@@ -590,6 +639,20 @@ def switch_upstreams(module, params, planned, commands):
     if rc != 0:
         restore_upstreams(previous)
         raise RolloutFailed(f"nginx -t refused the new upstream files, previous files restored: {message}")
+    dump = dump_command(params["nginx_test_command"])
+    if dump:
+        commands.append(" ".join(dump))
+        rc, out, err = module.run_command(dump)
+        unread = [path for path in previous if os.path.realpath(path) not in upstreams.dumped_files(out)]
+        if rc != 0 or unread:
+            restore_upstreams(previous)
+            why = f"shows nginx does not read {', '.join(unread)}"
+            if rc != 0:
+                why = f"failed: {(err or out).strip()[-500:]}"
+            raise RolloutFailed(
+                f"`{' '.join(dump)}` {why}; upstreams_dir={params['upstreams_dir']!r} must be the directory "
+                "nginx includes (the nginx role's upstreams directory); previous files restored, traffic untouched"
+            )
     rc, message = nginx_command(module, commands, params["nginx_reload_command"])
     if rc != 0:
         restore_upstreams(previous)
@@ -639,6 +702,70 @@ def release_images(run, project):
     return images
 
 
+def live_color_from_upstreams(params):
+    """The color all upstream files point at (by each service's first port), or None when they do not agree."""
+    colors = set()
+    for service in params["services"]:
+        if not service["upstream"]:
+            continue
+        path = upstreams.upstream_path(params["upstreams_dir"], service["upstream"])
+        ports = upstreams.upstream_ports(upstreams.read_file(path))
+        matching = [color for color in states.COLORS if ports and ports[0] == service["ports"][color]]
+        colors.add(matching[0] if matching else None)
+    return colors.pop() if len(colors) == 1 else None
+
+
+def release_sha256(compose_file, env_files):
+    """One digest of the compose file, the .env compose reads beside it, and the env files it names."""
+    digest = hashlib.sha256()
+    dot_env = os.path.join(os.path.dirname(compose_file), ".env")
+    for path in [compose_file, dot_env, *env_files]:
+        digest.update(path.encode() + b"\0")
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
+            digest.update(handle.read())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def plan_steps(params, color, live, order, upstream_plan, state_path):
+    project = f"{params['app']}-{color}"
+    changed = [item["name"] for item in upstream_plan if item["changed"]]
+    checks = "nginx -t, nginx -T, reload" if dump_command(params["nginx_test_command"]) else "nginx -t, reload"
+    steps = [
+        f"start and gate {project}: {', '.join(order)}",
+        f"switch upstreams to {color}: {', '.join(changed) or 'files unchanged'} ({checks})",
+    ]
+    if params["nginx_url"]:
+        steps.append(f"probe through nginx at {params['nginx_url']}")
+    steps.append(f"record {params['release']} as active in {state_path}")
+    if live and live != color:
+        steps.append(f"drain {params['drain_seconds']:g} s, then stop {params['app']}-{live}")
+    return steps
+
+
+def record(module, result, started, state, state_path, params, color, images, digest):
+    """Record the release as active on ``color``; returns the history entries dropped."""
+    step = time.monotonic()
+    # datetime.UTC needs Python 3.11; targets may run older Pythons.
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
+    pruned = states.record_release(
+        state, params["release"], color, params["release_dir"], images, now, params["keep_releases"], digest
+    )
+    try:
+        states.save_state(state_path, state)
+    except OSError as exc:
+        fail(
+            module,
+            result,
+            started,
+            f"nginx routes to color {color} (release {params['release']}), but {state_path} could not be written: "
+            f"{exc}; the next rollout reads the live color from the upstream files",
+            exc,
+        )
+    result["timings"]["record"] = round(time.monotonic() - step, 3)
+    return pruned
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
@@ -664,7 +791,17 @@ def main():
         state = states.load_state(state_path, params["app"])
     except ValueError as exc:
         module.fail_json(msg=f"state_dir: {exc}")
-    previous = {"color": states.active_color(state), "release": states.active_release(state)}
+    # nginx is the truth about which color serves: state.json lags it when a rollout was interrupted
+    # between its switch and its record.
+    live = live_color_from_upstreams(params)
+    if live and live != states.active_color(state):
+        module.warn(
+            f"the upstream files in {params['upstreams_dir']} point at color {live} but {state_path} names "
+            f"{states.active_color(state)}: {live} is taken as live (an earlier rollout stopped after its switch)"
+        )
+        previous = {"color": live, "release": None}
+    else:
+        previous = {"color": states.active_color(state), "release": states.active_release(state)}
     result = {
         "changed": False,
         "release": params["release"],
@@ -675,15 +812,18 @@ def main():
     }
 
     compose_file = os.path.join(params["release_dir"], params["compose_file"])
-    compose_sha256 = file_sha256(compose_file)
-    # The same release id with a changed compose file (a configuration change) is rolled out again.
+    try:
+        digest = release_sha256(compose_file, docker.compose_env_files(traced, compose_file))
+    except docker.DockerError as exc:
+        module.fail_json(msg=f"release_dir: docker compose config refused {compose_file}: {exc}", **result)
+    # The same release id with a changed compose or env file (configuration, secrets) is rolled out again.
     recorded = states.find_release(state, params["release"]) or {}
     serving = (
         previous["release"] == params["release"]
         and previous["color"]
-        and recorded.get("compose_sha256") in (None, compose_sha256)
+        and recorded.get("release_sha256") in (None, digest)
     )
-    color = previous["color"] if serving else states.next_color(state)
+    color = previous["color"] if serving else states.next_color(previous["color"])
     planned = desired_upstreams(params, color)
     upstream_plan = [
         {"name": name, "path": path, "ports": ports, "changed": upstreams.read_file(path) != content}
@@ -704,7 +844,13 @@ def main():
     ]
     result.update(
         color=color,
-        plan={"color": color, "project": f"{params['app']}-{color}", "order": order, "upstreams": upstream_plan},
+        plan={
+            "color": color,
+            "project": f"{params['app']}-{color}",
+            "order": order,
+            "upstreams": upstream_plan,
+            "steps": plan_steps(params, color, previous["color"], order, upstream_plan, state_path),
+        },
     )
     if module._diff:
         result["diff"] = [
@@ -713,9 +859,16 @@ def main():
             if upstreams.read_file(path) != content
         ]
 
-    if serving and not any(item["changed"] for item in upstream_plan) and color_is_serving(traced, params, color):
-        result["plan"]["steps"] = []
-        module.exit_json(**result)
+    if serving and not any(item["changed"] for item in upstream_plan):
+        try:
+            still_serving = color_is_serving(traced, params, color)
+        except docker.DockerError as exc:
+            module.fail_json(
+                msg=f"could not tell whether color {color} still serves release {params['release']}: {exc}", **result
+            )
+        if still_serving:
+            result["plan"]["steps"] = []
+            module.exit_json(**result)
     if module.check_mode:
         result["changed"] = True
         module.exit_json(**result)
@@ -726,6 +879,7 @@ def main():
     try:
         try:
             start_and_gate(traced, params, color, order, env, result["gates"])
+            images = release_images(traced, project)
         finally:
             timings["start_and_gate"] = round(time.monotonic() - step, 2)
     except (RolloutFailed, docker.DockerError) as exc:
@@ -752,11 +906,26 @@ def main():
     failed_gate = probe_through_nginx(params, color, result["gates"]) if params["nginx_url"] else None
     timings["nginx_probe"] = round(time.monotonic() - step, 2)
     if failed_gate:
+        exc = RolloutFailed(gate_failure_message(failed_gate, []), failed_gate=failed_gate)
         restore_upstreams(replaced)
-        nginx_command(module, commands, params["nginx_reload_command"])
+        rc, message = nginx_command(module, commands, params["nginx_reload_command"])
+        if rc != 0:
+            # nginx did not take the previous files back, so it still routes to the new color: keep
+            # that color running, and make the files and state.json say so too.
+            for _name, path, content, _ports in planned:
+                upstreams.write_atomically(path, content)
+            record(module, result, started, state, state_path, params, color, images, digest)
+            fail(
+                module,
+                result,
+                started,
+                f"rollout of {params['release']} failed through nginx and switching back failed (nginx reload: "
+                f"{message}): traffic is still on color {color} (release {params['release']}), which keeps running "
+                f"and is recorded as active; the upstream files point at it. {exc}",
+                exc,
+            )
         if color != previous["color"]:
             stop_quietly(traced, project, params["stop_timeout"])
-        exc = RolloutFailed(gate_failure_message(failed_gate, []), failed_gate=failed_gate)
         fail(
             module,
             result,
@@ -765,30 +934,30 @@ def main():
             exc,
         )
 
+    # Recorded before the drain: from here on nginx routes to the new color, whatever happens next.
+    pruned = record(module, result, started, state, state_path, params, color, images, digest)
+
     if previous["color"] and previous["color"] != color:
         step = time.monotonic()
         time.sleep(params["drain_seconds"])
         timings["drain"] = round(time.monotonic() - step, 2)
         step = time.monotonic()
-        stop_quietly(traced, f"{params['app']}-{previous['color']}", params["stop_timeout"])
+        old_project = f"{params['app']}-{previous['color']}"
+        try:
+            docker.compose_stop(traced, old_project, params["stop_timeout"])
+        except docker.DockerError as exc:
+            fail(
+                module,
+                result,
+                started,
+                f"release {params['release']} serves on color {color} and is recorded as active, "
+                f"but stopping the old color {old_project} failed: {exc}",
+                exc,
+            )
         timings["stop_old"] = round(time.monotonic() - step, 2)
 
-    step = time.monotonic()
-    images = release_images(traced, project)
-    # datetime.UTC needs Python 3.11; targets may run older Pythons.
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
-    pruned = states.record_release(
-        state, params["release"], color, params["release_dir"], images, now, params["keep_releases"], compose_sha256
-    )
-    states.save_state(state_path, state)
-    timings["record"] = round(time.monotonic() - step, 3)
     timings["total"] = round(time.monotonic() - started, 2)
     module.exit_json(images=images, pruned_releases=pruned, history=state["releases"], **result)
-
-
-def file_sha256(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def stop_quietly(run, project, timeout):

@@ -189,10 +189,13 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def release(workdir):
-    def make(release_id, version, overrides=None):
+    def make(release_id, version, overrides=None, files=None):
+        """The release directory with its compose file and ``files`` (name -> text) beside it."""
         directory = workdir / "releases" / release_id
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "compose.yaml").write_text(yaml.safe_dump(compose_file(version, overrides)))
+        for name, text in (files or {}).items():
+            (directory / name).write_text(text)
         return directory
 
     return make
@@ -202,7 +205,7 @@ def release(workdir):
 def rollout(database, nginx, workdir):
     """Run the module through ansible-playbook, as a play would; returns the task's result."""
 
-    def run(release_dir, release_id, check=False, diff=False, **overrides):
+    def run(release_dir, release_id, check=False, diff=False, environment=None, **overrides):
         args = {
             "app": APP,
             "release": release_id,
@@ -258,6 +261,7 @@ def rollout(database, nginx, workdir):
             "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".ansible" / "collections"),
             "ANSIBLE_LOCALHOST_WARNING": "false",
             "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+            **(environment or {}),
         }
         completed = sh(*argv, env=env, cwd=REPO, check=False, timeout=300)
         try:

@@ -124,10 +124,9 @@ def test_release_history_keeps_the_newest_and_moves_a_rollback_to_the_front():
 
 
 def test_next_color_alternates_and_starts_blue():
-    state = states.empty_state("demo")
-    assert states.next_color(state) == "blue"
-    state["active"] = {"color": "blue", "release": "r1"}
-    assert states.next_color(state) == "green"
+    assert states.next_color(None) == "blue"
+    assert states.next_color("blue") == "green"
+    assert states.next_color("green") == "blue"
 
 
 def test_state_file_round_trip_and_refusals(tmp_path):

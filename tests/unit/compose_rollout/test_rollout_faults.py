@@ -1,0 +1,173 @@
+"""compose_rollout when the world disagrees with it: an upstreams directory nginx does not read, a
+changed env file under the same release id, a state.json that lags nginx, a reload that fails while
+switching back, and Docker commands failing after the switch.
+
+Runs after test_rollout.py on the same engine, nginx and state; each test starts from whatever color
+serves and checks what nginx answers, which containers run, the upstream files and state.json.
+"""
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import pytest
+from conftest import APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, wait_for
+
+API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
+PLACEHOLDER_URL = "http://127.0.0.1:18251"
+
+
+def served_version():
+    status, body = http_get(API)
+    assert status == 200, body
+    return json.loads(body)["version"]
+
+
+def other(color):
+    return "green" if color == "blue" else "blue"
+
+
+def backend_upstream_port(nginx):
+    text = (nginx.upstreams / "crtest_backend.conf").read_text()
+    return int(text.split("server 127.0.0.1:")[1].split()[0])
+
+
+def test_an_upstreams_dir_nginx_does_not_read_is_caught_before_the_reload(rollout, release, workdir, state_file):
+    before = state_file()
+    live, version = before["active"]["color"], served_version()
+    unread = workdir / "upstreams-nginx-never-reads"
+    unread.mkdir()
+    result = rollout(release("r8", "v1"), "r8", upstreams_dir=str(unread))
+    assert result["failed"]
+    assert f"upstreams_dir={str(unread)!r} must be the directory nginx includes" in result["msg"]
+    assert f"nginx does not read {unread}/crtest_backend.conf" in result["msg"]
+    assert list(unread.iterdir()) == []
+    # Traffic never moved and the live color still runs.
+    assert served_version() == version
+    assert container_states(f"{APP}-{live}")["backend"] == "running"
+    assert wait_for(lambda: container_states(f"{APP}-{other(live)}")["backend"] == "exited")
+    assert state_file() == before
+
+
+def test_a_changed_env_file_rolls_the_same_release_out_again(rollout, release, state_file):
+    secret = {"backend": {"env_file": ["backend.env"]}}
+    first = rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=first\n"}), "r9")
+    assert not first.get("failed"), first.get("msg")
+    again = rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=second\n"}), "r9")
+    assert not again.get("failed"), again.get("msg")
+    assert again["changed"] is True
+    assert again["color"] == other(first["color"])
+    assert state_file()["active"]["color"] == again["color"]
+    backend = inspect_service(f"{APP}-{again['color']}", "backend")
+    assert "CRTEST_SECRET=second" in backend["Config"]["Env"]
+    assert served_version() == "v1"
+    # With nothing changed since, the release is left alone.
+    assert rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=second\n"}), "r9")["changed"] is False
+
+
+def test_the_live_color_comes_from_the_upstream_files_when_state_json_lags(rollout, release, workdir, state_file):
+    """A rollout interrupted between its switch and its record left state.json naming the old color."""
+    path = workdir / "state" / "state.json"
+    saved = path.read_text()
+    live = state_file()["active"]["color"]
+    lagging = json.loads(saved)
+    lagging["active"]["color"] = other(live)
+    path.write_text(json.dumps(lagging))
+    try:
+        failures = []
+        result = rollout(release("r10", "v3"), "r10")
+        # A request loop would only tell when the outage happened; what serves afterwards is the proof.
+        for _attempt in range(20):
+            status, _body = http_get(API)
+            failures += [status] if status != 200 else []
+    finally:
+        path.write_text(saved)
+    assert result["failed"]
+    assert f"on color {other(live)}" in result["msg"]
+    assert "traffic untouched" in result["msg"]
+    assert any(f"point at color {live}" in warning for warning in result["warnings"])
+    assert failures == []
+    assert served_version() == "v1"
+    assert container_states(f"{APP}-{live}")["backend"] == "running"
+
+
+def test_a_failed_switch_back_leaves_traffic_on_the_new_color_and_records_it(rollout, release, nginx, state_file):
+    live = state_file()["active"]["color"]
+    new = other(live)
+    pid_file = nginx.prefix / "nginx.pid"
+    hidden = nginx.prefix / "nginx.pid.hidden"
+
+    def hide_pid_file_once_traffic_moved():
+        # The switch's reload has happened when nginx answers with v2; without its pid file the
+        # reload that would switch back fails for real.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, body = http_get(API, timeout=1)
+            if status == 200 and json.loads(body)["version"] == "v2":
+                pid_file.rename(hidden)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=hide_pid_file_once_traffic_moved, daemon=True)
+    watcher.start()
+    try:
+        # Probes through the placeholder server answer 503, so the module switches back.
+        result = rollout(release("r11", "v2"), "r11", nginx_url=PLACEHOLDER_URL)
+    finally:
+        watcher.join()
+        if hidden.exists():
+            hidden.rename(pid_file)
+    assert result["failed"]
+    assert f"traffic is still on color {new} (release r11)" in result["msg"]
+    assert "nginx gate failed for service 'backend'" in result["msg"]
+    assert served_version() == "v2"
+    assert container_states(f"{APP}-{new}")["backend"] == "running"
+    assert backend_upstream_port(nginx) == PORTS["backend"][new]
+    assert state_file()["active"] == {**state_file()["active"], "color": new, "release": "r11"}
+
+
+@pytest.fixture
+def failing_docker(tmp_path):
+    """FAKE docker CLI, for Docker failures the real engine cannot be made to produce on demand: a
+    `docker` first on PATH that fails when its arguments start with the given words and runs the
+    real docker otherwise. Returns the environment for ansible-playbook."""
+    real = shutil.which("docker")
+    fake = tmp_path / "docker"
+
+    def environment(failing_arguments):
+        fake.write_text(
+            "#!/bin/sh\n"
+            f'case "$*" in "{failing_arguments}"*) echo "fake docker failure: $*" >&2; exit 1;; esac\n'
+            f'exec {real} "$@"\n'
+        )
+        fake.chmod(0o755)
+        return {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+
+    return environment
+
+
+def test_docker_failing_after_the_switch_fails_cleanly_with_state_agreeing_with_nginx(
+    rollout, release, nginx, state_file, failing_docker
+):
+    live = state_file()["active"]["color"]
+    new = other(live)
+    environment = failing_docker(f"compose --project-name {APP}-{live} stop")
+    result = rollout(release("r12", "v1"), "r12", environment=environment)
+    assert result["failed"]
+    assert "Traceback" not in json.dumps(result)
+    assert f"release r12 serves on color {new} and is recorded as active" in result["msg"]
+    assert "fake docker failure" in result["msg"]
+    assert served_version() == "v1"
+    assert backend_upstream_port(nginx) == PORTS["backend"][new]
+    assert state_file()["active"] == {**state_file()["active"], "color": new, "release": "r12"}
+
+
+def test_docker_failing_while_checking_the_serving_release_fails_cleanly(rollout, workdir, state_file, failing_docker):
+    before = state_file()
+    result = rollout(workdir / "releases" / "r12", "r12", environment=failing_docker("ps "))
+    assert result["failed"]
+    assert "Traceback" not in json.dumps(result)
+    assert f"could not tell whether color {before['active']['color']} still serves release r12" in result["msg"]
+    assert state_file() == before
