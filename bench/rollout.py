@@ -7,8 +7,9 @@
 Everything runs on this machine: the demo images (make prepare), PostgreSQL in a container, and an
 nginx started here with its own prefix on 127.0.0.1:18240. The load is a paced Python client
 (--rate requests/s over keep-alive connections, bounded by --max-seconds and rate * max-seconds
-requests) against 127.0.0.1 through nginx. It prints one table: failed requests, p50/p99 latency and
-rollout duration for each case, from one run.
+requests) against 127.0.0.1 through nginx. It prints one table: failed requests, requests retried on
+a new connection after a closed keep-alive connection, p50/p99 latency and rollout duration for each
+case, from one run.
 
     .venv/bin/python bench/rollout.py [--rate 300]
 """
@@ -52,7 +53,7 @@ class Load:
 
     def __init__(self, rate, max_seconds, threads=8):
         self.rate, self.max_seconds, self.threads = rate, max_seconds, threads
-        self.results = []  # (status or error name, seconds taken, when it ended)
+        self.results = []  # (status or error name, seconds taken, when it ended, retried)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers = [threading.Thread(target=self._run, daemon=True) for _worker in range(threads)]
@@ -69,28 +70,31 @@ class Load:
             if wait > 0:
                 time.sleep(wait)
             begun = time.monotonic()
-            status, connection = self._get(connection)
+            status, connection, retried = self._get(connection)
             with self._lock:
-                self.results.append((status, time.monotonic() - begun, time.monotonic()))
+                self.results.append((status, time.monotonic() - begun, time.monotonic(), retried))
 
     @staticmethod
-    def _get(connection):
+    def _get(connection, port=NGINX_PORT):
         """One GET, retried once on a fresh connection when a reused keep-alive connection was closed
-        before any answer (as browsers and HTTP libraries do: nginx closes idle connections on reload)."""
+        before any answer (as browsers and HTTP libraries do: nginx closes idle connections on reload).
+        Returns (status, connection, retried): a retry is counted, never hidden."""
+        retried = False
         for reused in (connection is not None, False):
             if connection is None:
-                connection = http.client.HTTPConnection("127.0.0.1", NGINX_PORT, timeout=5)
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
                 connection.request("GET", "/api/health")
                 response = connection.getresponse()
                 response.read()
-                return response.status, connection
+                return response.status, connection, retried
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 connection = None
                 if not reused:
-                    return type(exc).__name__, None
-        return "unreachable", None
+                    return type(exc).__name__, None, retried
+                retried = True
+        return "unreachable", None, retried
 
     def __enter__(self):
         for worker in self._workers:
@@ -103,20 +107,21 @@ class Load:
             worker.join()
 
     def summary(self):
-        latencies = sorted(seconds for _status, seconds, _end in self.results)
+        latencies = sorted(seconds for _status, seconds, _end, _retried in self.results)
         quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0] * 99
         failures = {}
         failed_at = []
-        for status, _seconds, ended in self.results:
+        for status, _seconds, ended, _retried in self.results:
             if status != 200:
                 failures[str(status)] = failures.get(str(status), 0) + 1
                 failed_at.append(ended)
-        ends = [ended for _status, _seconds, ended in self.results]
+        ends = [ended for _status, _seconds, ended, _retried in self.results]
         duration = max(ends) - min(ends) if len(ends) > 1 else 0
         return {
             "requests": len(self.results),
             "failed": sum(failures.values()),
             "failures": failures,
+            "retried": sum(retried for _status, _seconds, _end, retried in self.results),
             # From the first failed request to the last: how long clients saw errors.
             "error_window_s": max(failed_at) - min(failed_at) if failed_at else 0.0,
             "rate": len(self.results) / duration if duration else 0.0,
@@ -325,7 +330,8 @@ def main() -> int:
             cleanup()
     print(f"\nrollout benchmark: {args.rate} req/s target through nginx on 127.0.0.1:{NGINX_PORT}, GET /api/health\n")
     header = (
-        f"{'case':40} {'requests':>8} {'req/s':>6} {'failed':>7} {'errors s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'case':40} {'requests':>8} {'req/s':>6} {'failed':>7} {'retried':>7} {'errors s':>8} {'p50 ms':>7} "
+        f"{'p99 ms':>7} "
         f"{'rollout s':>9}  outcome"
     )
     print(header)
@@ -333,8 +339,8 @@ def main() -> int:
     for name, summary, seconds, outcome in rows:
         print(
             f"{name:40} {summary['requests']:>8} {summary['rate']:>6.0f} {summary['failed']:>7} "
-            f"{summary['error_window_s']:>8.1f} {summary['p50_ms']:>7.1f} {summary['p99_ms']:>7.1f} "
-            f"{seconds:>9.1f}  {outcome}"
+            f"{summary['retried']:>7} {summary['error_window_s']:>8.1f} {summary['p50_ms']:>7.1f} "
+            f"{summary['p99_ms']:>7.1f} {seconds:>9.1f}  {outcome}"
         )
     for name, summary, _seconds, _outcome in rows:
         if summary["failures"]:

@@ -1,6 +1,7 @@
 """A bounded request loop through nginx during a rollout: at most --max-requests requests and
 --max-seconds seconds, or until --stop-file appears. Prints a JSON summary: how many requests
-failed (non-200 or no answer), and the versions served, in order."""
+failed (non-200 or no answer), how many were retried on a new connection, and the versions served,
+in order."""
 
 import argparse
 import http.client
@@ -21,33 +22,38 @@ args = parser.parse_args()
 
 
 def get(connection):
-    """(status, body, connection). A reused keep-alive connection that nginx closed before answering
-    (it closes idle ones on reload) is retried once on a new connection, as HTTP clients do."""
+    """(status, body, connection, retried). A reused keep-alive connection that nginx closed before
+    answering (it closes idle ones on reload) is retried once on a new connection, as HTTP clients do;
+    ``retried`` says so, because a retry is a request that did not get through the first time."""
+    retried = False
     for reused in (connection is not None, False):
         if connection is None:
             connection = http.client.HTTPConnection(args.host, args.port, timeout=5)
         try:
             connection.request("GET", args.path, headers={"Host": args.host_header})
             response = connection.getresponse()
-            return response.status, response.read(), connection
+            return response.status, response.read(), connection, retried
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             connection = None
             if not reused:
-                return None, f"{type(exc).__name__}: {exc}".encode(), None
-    return None, b"unreachable", None
+                return None, f"{type(exc).__name__}: {exc}".encode(), None, retried
+            retried = True
+    return None, b"unreachable", None, retried
 
 
 started = time.monotonic()
 total = 0
 failures = []
+retried = 0
 versions = []
 connection = None
 while (
     total < args.max_requests and time.monotonic() - started < args.max_seconds and not os.path.exists(args.stop_file)
 ):
     total += 1
-    status, body, connection = get(connection)
+    status, body, connection, was_retried = get(connection)
+    retried += was_retried
     if status != 200:
         failures.append(f"{status} {body[:120]!r}")
         continue
@@ -60,6 +66,7 @@ summary = {
     "requests": total,
     "failed": len(failures),
     "failures": failures[:20],
+    "retried": retried,
     "versions": versions,
     "seconds": round(time.monotonic() - started, 1),
 }
