@@ -643,7 +643,8 @@ def switch_upstreams(module, params, planned, commands):
     if dump:
         commands.append(" ".join(dump))
         rc, out, err = module.run_command(dump)
-        unread = [path for path in previous if os.path.realpath(path) not in upstreams.dumped_files(out)]
+        read = {os.path.realpath(path) for path in upstreams.dumped_files(out)}
+        unread = [path for path in previous if os.path.realpath(path) not in read]
         if rc != 0 or unread:
             restore_upstreams(previous)
             why = f"shows nginx does not read {', '.join(unread)}"
