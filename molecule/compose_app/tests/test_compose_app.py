@@ -90,6 +90,24 @@ def test_secret_env_files_are_root_only(host, path):
     assert "demo-local-only" in secret.content_string
 
 
+# The scenario's host_vars give the backend this token: $, ${...} and $$ that compose would
+# interpolate in a double-quoted env value, a backslash, quotes, non-ASCII and a double space.
+LITERAL_ENV_VALUE = 't0k $HOME ${PGUSER} $$ é "dq" it\'s a\\d  end'
+
+
+def test_secret_reaches_the_container_exactly_as_given(host):
+    active = state(host)["active"]["color"]
+    backend = host.check_output(
+        "docker ps -q --filter label=com.docker.compose.project=demo-%s "
+        "--filter label=com.docker.compose.service=backend",
+        active,
+    )
+    # run() rather than check_output(): a failure must not echo the secret into the log.
+    token = host.run("docker exec %s printenv DEMO_API_TOKEN", backend)
+    assert token.rc == 0
+    assert token.stdout.removesuffix("\n") == LITERAL_ENV_VALUE
+
+
 def test_data_and_app_ports_listen_on_loopback_only(host):
     published = host.check_output("docker ps --format '{{.Ports}}'")
     addresses = {
