@@ -631,6 +631,10 @@ def dump_command(test_command):
 def switch_upstreams(module, params, planned, commands):
     """Write the upstream files, check nginx reads and accepts them, reload; restore and raise when not."""
     previous = {}
+    if not planned:
+        # Nothing of this app is behind nginx (workers only): a reload would only close other
+        # apps' idle keep-alive connections.
+        return previous
     for _name, path, content, _ports in planned:
         previous[path] = upstreams.read_file(path)
         if previous[path] != content:
@@ -732,11 +736,12 @@ def plan_steps(params, color, live, order, upstream_plan, state_path):
     project = f"{params['app']}-{color}"
     changed = [item["name"] for item in upstream_plan if item["changed"]]
     checks = "nginx -t, nginx -T, reload" if dump_command(params["nginx_test_command"]) else "nginx -t, reload"
-    steps = [
-        f"start and gate {project}: {', '.join(order)}",
-        f"switch upstreams to {color}: {', '.join(changed) or 'files unchanged'} ({checks})",
-    ]
-    if params["nginx_url"]:
+    steps = [f"start and gate {project}: {', '.join(order)}"]
+    if not upstream_plan:
+        steps.append("no service behind nginx: nginx untouched")
+    else:
+        steps.append(f"switch upstreams to {color}: {', '.join(changed) or 'files unchanged'} ({checks})")
+    if params["nginx_url"] and upstream_plan:
         steps.append(f"probe through nginx at {params['nginx_url']}")
     steps.append(f"record {params['release']} as active in {state_path}")
     if live and live != color:
