@@ -46,7 +46,10 @@ def test_history_keeps_two_releases_and_the_failed_r5_never_became_active(host):
     state = json.loads(host.file("/srv/berth/ledger/state.json").content_string)
     assert state["active"]["release"] == "r6"
     assert [item["release"] for item in state["releases"]] == ["r6", "r4"]
-    assert state["releases"][0]["images"]["worker"]["image"] == "127.0.0.1:5000/berth/ledger-worker:r6"
+    worker = state["releases"][0]["images"]["worker"]
+    assert worker["image"] == "127.0.0.1:5000/berth/ledger-worker:r6"
+    # Pulled from a registry, so the release records the digest the tag resolved to.
+    assert any(digest.startswith("127.0.0.1:5000/berth/ledger-worker@sha256:") for digest in worker["repo_digests"])
 
 
 @pytest.mark.parametrize(("release", "kept"), [("r1", False), ("r2", False), ("r3", False), ("r4", True), ("r6", True)])

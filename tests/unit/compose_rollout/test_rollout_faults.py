@@ -13,7 +13,8 @@ import threading
 import time
 
 import pytest
-from conftest import APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, wait_for
+import yaml
+from conftest import APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, sh, wait_for
 
 API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
 PLACEHOLDER_URL = "http://127.0.0.1:18251"
@@ -171,3 +172,31 @@ def test_docker_failing_while_checking_the_serving_release_fails_cleanly(rollout
     assert "Traceback" not in json.dumps(result)
     assert f"could not tell whether color {before['active']['color']} still serves release r12" in result["msg"]
     assert state_file() == before
+
+
+def test_an_app_with_no_service_behind_nginx_leaves_nginx_untouched(rollout, release, workdir, nginx):
+    """A workers-only app: nothing to switch, so nginx is neither tested nor reloaded. Both nginx
+    commands are `false` here: running either would fail the rollout."""
+    upstream_files = {path.name: path.read_text() for path in nginx.upstreams.iterdir()}
+    directory = release("workers-1", "v1")
+    compose = yaml.safe_load((directory / "compose.yaml").read_text())
+    compose["services"] = {"worker": compose["services"]["worker"]}
+    (directory / "compose.yaml").write_text(yaml.safe_dump(compose))
+    try:
+        result = rollout(
+            directory,
+            "workers-1",
+            app="crworkers",
+            state_dir=str(workdir / "state-crworkers"),
+            nginx_test_command=["false"],
+            nginx_reload_command=["false"],
+            services=[{"name": "worker", "health_timeout": 30}],
+        )
+        assert not result.get("failed"), result.get("msg")
+        assert result["changed"]
+        assert "false" not in result["commands"]
+        assert "no service behind nginx: nginx untouched" in result["plan"]["steps"]
+        assert container_states("crworkers-blue") == {"worker": "running"}
+        assert {path.name: path.read_text() for path in nginx.upstreams.iterdir()} == upstream_files
+    finally:
+        sh("docker", "compose", "--project-name", "crworkers-blue", "down", "--timeout", "2", check=False)
