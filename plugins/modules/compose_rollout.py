@@ -23,8 +23,8 @@ description:
     files are restored when nginx refuses them or does not read them), the probes run again through nginx,
     and a failure there switches traffic back and fails. When the reload that switches back fails, the new
     color keeps running and is recorded, because nginx still routes to it. An app with no service behind
-    nginx (no O(services[].upstream), workers only) leaves nginx untouched: no test, no reload, no probes
-    through nginx.
+    nginx (no O(services[].upstream), workers only) leaves nginx untouched, with no test, no reload and no
+    probes through nginx.
   - As soon as the probes through nginx pass, the release is recorded in C(<state_dir>/state.json) with its
     image IDs and digests; then, after a drain period, the old color is stopped (kept, so a rollback starts
     it again in seconds).
