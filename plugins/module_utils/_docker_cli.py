@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 COMPOSE_LABEL_PROJECT = "com.docker.compose.project"
 COMPOSE_LABEL_SERVICE = "com.docker.compose.service"
@@ -40,11 +39,6 @@ def check(run, argv, env=None):
     if rc != 0:
         raise DockerError(argv, rc, out, err)
     return out
-
-
-def port_variable(service):
-    """The environment variable that carries a service's host port(s) into the compose file."""
-    return "BERTH_PORT_" + re.sub(r"[^A-Za-z0-9]", "_", service).upper()
 
 
 def compose_argv(project, compose_file, *args):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
-UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+from ansible_collections.berth.stack.plugins.module_utils import _files as files
+
 FILE_MODE = 0o644
 
 
@@ -54,19 +54,7 @@ def dumped_files(dump):
 
 def write_atomically(path, content, mode=FILE_MODE):
     """Replace ``path`` with ``content`` in one rename, so nginx never reads half a file."""
-    directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(prefix=".berth-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    files.write_atomically(path, content, mode)
 
 
 def restore(path, previous):

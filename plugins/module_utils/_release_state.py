@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+
+from ansible_collections.berth.stack.plugins.module_utils import _files as files
 
 COLORS = ("blue", "green")
 STATE_MODE = 0o644
@@ -41,19 +42,8 @@ def load_state(path, app):
 
 
 def save_state(path, state):
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".state-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(temporary, STATE_MODE)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.write_atomically(path, json.dumps(state, indent=2, sort_keys=True) + "\n", STATE_MODE, prefix=".state-")
 
 
 def other_color(color):

@@ -6,6 +6,7 @@ Everything is named crtest-* (containers, projects, network) and removed at the 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.berth.stack.plugins.module_utils._rollout_apply import release_sha256
 
 REPO = Path(__file__).resolve().parents[3]
 MIGRATIONS = REPO / "tests" / "fixtures" / "demo-app" / "migrations"
@@ -25,6 +27,12 @@ NGINX_PORT = 18250
 PLACEHOLDER_PORT = 18251
 DATABASE_PORT = 18260
 PORTS = {"backend": {"blue": 18210, "green": 18220}, "frontend": {"blue": 18211, "green": 18221}}
+API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
+# Known states a test can ask for: the releases rolled out in this order, the last one serving.
+BASELINES = {
+    "r1": [("r1", "v1", "blue")],
+    "r2": [("r1", "v1", "blue"), ("r2", "v2", "green")],
+}
 DEMO_IMAGES = [
     f"berth/demo-{part}:{version}" for part in ("backend", "frontend", "worker") for version in ("v1", "v2", "v3")
 ]
@@ -118,12 +126,16 @@ class Nginx:
     def reload_command(self):
         return [*self.base, "-s", "reload"]
 
-    def write_config(self):
-        self.upstreams.mkdir(parents=True)
+    def write_placeholders(self):
+        """The upstream files before any release: every upstream points at the 503 placeholder server."""
         for name in ("crtest_backend", "crtest_frontend"):
             (self.upstreams / f"{name}.conf").write_text(
                 f"upstream {name} {{\n    server 127.0.0.1:{PLACEHOLDER_PORT} max_fails=0;\n    keepalive 16;\n}}\n"
             )
+
+    def write_config(self):
+        self.upstreams.mkdir(parents=True)
+        self.write_placeholders()
         self.conf.write_text(
             f"""
 # The test runs as root in a private prefix; workers need its temporary directories.
@@ -282,29 +294,34 @@ def state_file(workdir):
     return read
 
 
+def project_containers(project, service=None):
+    """``docker inspect`` documents of a project's (or one of its services') containers."""
+    argv = ["docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}"]
+    if service is not None:
+        argv += ["--filter", f"label=com.docker.compose.service={service}"]
+    ids = sh(*argv).stdout.split()
+    return json.loads(sh("docker", "inspect", *ids).stdout) if ids else []
+
+
+def service_of(document):
+    return document["Config"]["Labels"]["com.docker.compose.service"]
+
+
 def container_states(project):
     """service -> State.Status of a project's containers."""
-    ids = sh(
-        "docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}"
-    ).stdout.split()
-    if not ids:
-        return {}
-    documents = json.loads(sh("docker", "inspect", *ids).stdout)
-    return {doc["Config"]["Labels"]["com.docker.compose.service"]: doc["State"]["Status"] for doc in documents}
+    return {service_of(doc): doc["State"]["Status"] for doc in project_containers(project)}
+
+
+def container_snapshot(project):
+    """service -> (container id, state, start time) of a project's containers: changes when any is touched."""
+    return {
+        service_of(doc): (doc["Id"], doc["State"]["Status"], doc["State"]["StartedAt"])
+        for doc in project_containers(project)
+    }
 
 
 def inspect_service(project, service):
-    ids = sh(
-        "docker",
-        "ps",
-        "--all",
-        "--quiet",
-        "--filter",
-        f"label=com.docker.compose.project={project}",
-        "--filter",
-        f"label=com.docker.compose.service={service}",
-    ).stdout.split()
-    return json.loads(sh("docker", "inspect", *ids).stdout)[0]
+    return project_containers(project, service)[0]
 
 
 def wait_for(predicate, timeout=10.0):
@@ -314,3 +331,88 @@ def wait_for(predicate, timeout=10.0):
             return True
         time.sleep(0.2)
     return predicate()
+
+
+def served_version():
+    status, body = http_get(API)
+    assert status == 200, body
+    return json.loads(body)["version"]
+
+
+@pytest.fixture(scope="session")
+def reset_app(rollout, nginx, workdir):
+    """No release at all: both colors removed, placeholder upstream files, no state.json."""
+
+    def reset():
+        for color in ("blue", "green"):
+            sh("docker", "compose", "--project-name", f"{APP}-{color}", "down", "--timeout", "2", check=False)
+        nginx.write_placeholders()
+        sh(*nginx.reload_command)
+        (workdir / "state" / "state.json").unlink(missing_ok=True)
+        assert wait_for(lambda: http_get(API)[0] == 503)
+
+    return reset
+
+
+@pytest.fixture(scope="session")
+def baseline(rollout, release, nginx, state_file, reset_app):
+    """Put one of BASELINES in place, so a test does not depend on what ran before it. The state the
+    previous test left is kept when it already is that baseline, and built on when it is the start of
+    it (the rollouts take time); otherwise everything is reset first."""
+
+    def in_place(steps, exact):
+        last, version, color = steps[-1]
+        state = state_file()
+        if not state or (state["active"] or {}).get("release") != last or state["active"]["color"] != color:
+            return False
+        recorded = {item["release"]: item for item in state["releases"]}
+        standard = release_sha256(str(release(last, version) / "compose.yaml"), [])
+        if recorded[last].get("release_sha256") != standard:
+            return False
+        if exact and [(item["release"], item["color"]) for item in state["releases"]] != [
+            (release_id, release_color) for release_id, _version, release_color in reversed(steps)
+        ]:
+            return False
+        running = container_states(f"{APP}-{color}")
+        backend = (nginx.upstreams / "crtest_backend.conf").read_text()
+        ports = [int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", backend)]
+        served = http_get(API)
+        return (
+            bool(running)
+            and set(running.values()) == {"running"}
+            and ports == [PORTS["backend"][color]]
+            and served[0] == 200
+            and json.loads(served[1])["version"] == version
+        )
+
+    def put(name, exact=False):
+        steps = BASELINES[name]
+        if in_place(steps, exact):
+            return
+        done = next((count for count in range(len(steps) - 1, 0, -1) if in_place(steps[:count], True)), 0)
+        if not done:
+            reset_app()
+        for release_id, version, color in steps[done:]:
+            result = rollout(release(release_id, version), release_id)
+            assert not result.get("failed"), result.get("msg")
+            assert result["color"] == color
+
+    return put
+
+
+@pytest.fixture(scope="session")
+def serving(baseline, state_file):
+    """Some release serves (``version`` when given, none of ``avoid``); r1, or r2 for v2, is rolled out
+    when none does."""
+
+    def ensure(version=None, avoid=()):
+        state = state_file()
+        active = (state or {}).get("active") or {}
+        running = container_states(f"{APP}-{active['color']}") if active else {}
+        status, body = http_get(API)
+        fits = running and set(running.values()) == {"running"} and status == 200 and active["release"] not in avoid
+        if fits and (version is None or json.loads(body)["version"] == version):
+            return
+        baseline("r2" if version == "v2" else "r1")
+
+    return ensure

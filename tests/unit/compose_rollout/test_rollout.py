@@ -1,8 +1,9 @@
 """compose_rollout against the real Docker engine, the demo images, PostgreSQL and nginx.
 
-The tests run in file order and build on each other: v1 first, then v2, a broken v3, failures of
-each kind, and a rollback. Every assertion is on something observable: what nginx answers, which
-containers run, the upstream files, state.json.
+The story of a deploy: v1 first, then v2, a broken v3, failures of each kind, and a rollback. Each
+test asks for the state it starts from (``baseline``, ``reset_app``, ``first_deploy``), so any test
+runs alone or in any order; in file order the baselines are mostly in place already. Every assertion
+is on something observable: what nginx answers, which containers run, the upstream files, state.json.
 """
 
 import json
@@ -11,16 +12,9 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, wait_for
+from conftest import API, APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, served_version, wait_for
 
-API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
 PAGE = f"http://127.0.0.1:{NGINX_PORT}/"
-
-
-def served_version():
-    status, body = http_get(API)
-    assert status == 200, body
-    return json.loads(body)["version"]
 
 
 def upstream_ports(nginx, name):
@@ -74,7 +68,30 @@ def test_parameters_are_refused_naming_the_option(rollout, release):
     assert "keep_releases=1" in result["msg"]
 
 
-def test_a_compose_file_compose_refuses_is_caught_before_anything_runs(rollout, release, nginx):
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ({"ports": {"blue": 70000, "green": 18220}}, "services[backend].ports.blue=70000: out of range 1-65535"),
+        ({"replicas": -1}, "services[backend].replicas=-1: must be at least 1"),
+        ({"image": "bad image"}, "services[backend].image='bad image': not an image reference"),
+        ({"name": "back end"}, "services[0].name='back end': must match ^[a-zA-Z0-9._-]+$"),
+        ({"secrets": {"TOKEN": "crtest-secret-value\\"}}, "services[backend].secrets.TOKEN: the value has a backslash"),
+    ],
+)
+def test_bad_service_settings_are_refused_naming_the_service(rollout, release, workdir, service, message):
+    state = workdir / "state" / "state.json"
+    before = state.read_bytes() if state.exists() else None
+    backend = {"name": "backend", "container_port": 8000, "ports": PORTS["backend"], **service}
+    result = rollout(release("bad-service", "v1"), "bad-service", services=[backend, {"name": "worker"}])
+    assert result["failed"]
+    assert message in result["msg"]
+    assert not result.get("commands")  # refused before any docker or nginx command
+    assert "crtest-secret-value" not in json.dumps(result)
+    assert (state.read_bytes() if state.exists() else None) == before
+
+
+def test_a_compose_file_compose_refuses_is_caught_before_anything_runs(rollout, release, nginx, reset_app):
+    reset_app()
     directory = release("broken-compose", "v1")
     (directory / "compose.yaml").write_text("services:\n  backend:\n    image: [not, a, string]\n")
     result = rollout(directory, "broken-compose")
@@ -84,8 +101,30 @@ def test_a_compose_file_compose_refuses_is_caught_before_anything_runs(rollout, 
     assert upstream_ports(nginx, "crtest_backend") == [18251]
 
 
-def test_check_mode_on_a_first_deploy_plans_blue_and_changes_nothing(rollout, release, nginx, state_file):
-    result = rollout(release("r1", "v1"), "r1", check=True, diff=True)
+@pytest.fixture(scope="module")
+def first_deploy(rollout, release, nginx, state_file, reset_app):
+    """From no release at all: r1 planned in check mode, then rolled out; what each left behind, as seen then."""
+    reset_app()
+    seen = {"placeholder_status": http_get(API)[0]}
+    seen["check"] = rollout(release("r1", "v1"), "r1", check=True, diff=True)
+    seen["after_check"] = {
+        "blue": container_states(f"{APP}-blue"),
+        "state": state_file(),
+        "backend_ports": upstream_ports(nginx, "crtest_backend"),
+    }
+    seen["result"] = rollout(release("r1", "v1"), "r1")
+    seen["version"] = served_version()
+    seen["page"] = http_get(PAGE)[1]
+    seen["backend_ports"] = upstream_ports(nginx, "crtest_backend")
+    seen["blue"] = container_states(f"{APP}-blue")
+    seen["state"] = state_file()
+    seen["backend"] = inspect_service(f"{APP}-blue", "backend")
+    seen["worker"] = inspect_service(f"{APP}-blue", "worker")
+    return seen
+
+
+def test_check_mode_on_a_first_deploy_plans_blue_and_changes_nothing(first_deploy, nginx):
+    result = first_deploy["check"]
     assert result["changed"] is True
     assert result["plan"]["color"] == "blue"
     assert result["plan"]["order"] == ["backend", "worker", "frontend"]
@@ -97,22 +136,20 @@ def test_check_mode_on_a_first_deploy_plans_blue_and_changes_nothing(rollout, re
     backend = diff[str(nginx.upstreams / "crtest_backend.conf")]
     assert "127.0.0.1:18251" in backend["before"]
     assert "127.0.0.1:18210" in backend["after"]
-    assert container_states(f"{APP}-blue") == {}
-    assert state_file() is None
-    assert upstream_ports(nginx, "crtest_backend") == [18251]
+    assert first_deploy["after_check"] == {"blue": {}, "state": None, "backend_ports": [18251]}
 
 
-def test_first_deploy_serves_v1_through_nginx(rollout, release, nginx, state_file):
-    assert http_get(API)[0] == 503  # the placeholder answers before any release
-    result = rollout(release("r1", "v1"), "r1")
+def test_first_deploy_serves_v1_through_nginx(first_deploy):
+    assert first_deploy["placeholder_status"] == 503  # the placeholder answers before any release
+    result = first_deploy["result"]
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True
     assert result["color"] == "blue"
-    assert served_version() == "v1"
-    assert '<span class="badge" id="frontend-version">v1</span>' in http_get(PAGE)[1]
-    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["blue"]]
-    assert container_states(f"{APP}-blue") == {"backend": "running", "worker": "running", "frontend": "running"}
-    state = state_file()
+    assert first_deploy["version"] == "v1"
+    assert '<span class="badge" id="frontend-version">v1</span>' in first_deploy["page"]
+    assert first_deploy["backend_ports"] == [PORTS["backend"]["blue"]]
+    assert first_deploy["blue"] == {"backend": "running", "worker": "running", "frontend": "running"}
+    state = first_deploy["state"]
     assert state["active"]["color"] == "blue"
     assert state["active"]["release"] == "r1"
     assert state["releases"][0]["images"]["backend"]["image"] == "berth/demo-backend:v1"
@@ -121,9 +158,8 @@ def test_first_deploy_serves_v1_through_nginx(rollout, release, nginx, state_fil
     assert [g["gate"] for g in result["gates"]] == ["health", "http", "health", "health", "http", "nginx", "nginx"]
 
 
-def test_services_start_in_order_each_after_the_previous_gate(rollout):
-    backend = inspect_service(f"{APP}-blue", "backend")
-    worker = inspect_service(f"{APP}-blue", "worker")
+def test_services_start_in_order_each_after_the_previous_gate(first_deploy):
+    backend, worker = first_deploy["backend"], first_deploy["worker"]
     healthy_at = min(
         datetime.fromisoformat(entry["End"][:26])
         for entry in backend["State"]["Health"]["Log"]
@@ -132,14 +168,16 @@ def test_services_start_in_order_each_after_the_previous_gate(rollout):
     assert datetime.fromisoformat(worker["Created"][:26]) > healthy_at
 
 
-def test_the_same_release_again_changes_nothing(rollout, release, state_file):
+def test_the_same_release_again_changes_nothing(rollout, release, state_file, baseline):
+    baseline("r1")
     before = state_file()
     result = rollout(release("r1", "v1"), "r1")
     assert result["changed"] is False
     assert state_file() == before
 
 
-def test_rollout_to_v2_under_load_fails_no_request(rollout, release, nginx, state_file):
+def test_rollout_to_v2_under_load_fails_no_request(rollout, release, nginx, state_file, baseline):
+    baseline("r1", exact=True)
     with RequestLoop(API) as loop:
         result = rollout(release("r2", "v2"), "r2")
         returned_at = len(loop.answers)
@@ -159,7 +197,8 @@ def test_rollout_to_v2_under_load_fails_no_request(rollout, release, nginx, stat
     assert [item["release"] for item in state_file()["releases"]] == ["r2", "r1"]
 
 
-def test_v3_fails_at_the_body_gate_and_v2_keeps_serving(rollout, release, nginx, state_file):
+def test_v3_fails_at_the_body_gate_and_v2_keeps_serving(rollout, release, nginx, state_file, baseline):
+    baseline("r2")
     before = state_file()
     with RequestLoop(API) as loop:
         result = rollout(release("r3", "v3"), "r3")
@@ -177,7 +216,8 @@ def test_v3_fails_at_the_body_gate_and_v2_keeps_serving(rollout, release, nginx,
     assert state_file() == before
 
 
-def test_a_container_that_dies_fails_the_health_gate_with_its_logs(rollout, release, state_file):
+def test_a_container_that_dies_fails_the_health_gate_with_its_logs(rollout, release, state_file, baseline):
+    baseline("r2")
     before = state_file()
     crash = {"worker": {"command": ["python3", "-c", "print('worker cannot start: no queue'); raise SystemExit(3)"]}}
     result = rollout(release("r4", "v2", crash), "r4")
@@ -188,7 +228,8 @@ def test_a_container_that_dies_fails_the_health_gate_with_its_logs(rollout, rele
     assert state_file() == before
 
 
-def test_nginx_refusing_the_configuration_restores_the_upstream_files(rollout, release, nginx, state_file):
+def test_nginx_refusing_the_configuration_restores_the_upstream_files(rollout, release, nginx, state_file, baseline):
+    baseline("r2")
     before = state_file()
     saved = (nginx.upstreams / "crtest_backend.conf").read_text()
     broken = nginx.upstreams / "crtest_zz_broken.conf"
@@ -204,7 +245,8 @@ def test_nginx_refusing_the_configuration_restores_the_upstream_files(rollout, r
     assert state_file() == before
 
 
-def test_a_failing_probe_through_nginx_switches_back(rollout, release, nginx, state_file):
+def test_a_failing_probe_through_nginx_switches_back(rollout, release, nginx, state_file, baseline):
+    baseline("r2")
     before = state_file()
     saved = (nginx.upstreams / "crtest_backend.conf").read_text()
     # nginx_url points at the placeholder server, which answers 503 to every probe through it.
@@ -218,7 +260,8 @@ def test_a_failing_probe_through_nginx_switches_back(rollout, release, nginx, st
     assert state_file() == before
 
 
-def test_rollback_to_r1_serves_v1_again(rollout, workdir, state_file):
+def test_rollback_to_r1_serves_v1_again(rollout, workdir, state_file, baseline):
+    baseline("r2", exact=True)
     result = rollout(workdir / "releases" / "r1", "r1")
     assert not result.get("failed"), result.get("msg")
     assert result["color"] == "blue"
@@ -228,13 +271,14 @@ def test_rollback_to_r1_serves_v1_again(rollout, workdir, state_file):
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [("nginx_url", "ftp://x/", "nginx_url='ftp://x/'")])
-def test_bad_nginx_url_is_refused(rollout, workdir, field, value, message):
-    result = rollout(workdir / "releases" / "r1", "r1", **{field: value})
+def test_bad_nginx_url_is_refused(rollout, release, field, value, message):
+    result = rollout(release("r1", "v1"), "r1", **{field: value})
     assert result["failed"]
     assert message in result["msg"]
 
 
-def test_the_same_release_with_a_changed_compose_file_rolls_out_again(rollout, release, state_file):
+def test_the_same_release_with_a_changed_compose_file_rolls_out_again(rollout, release, state_file, baseline):
+    baseline("r1")
     changed = {
         "backend": {
             "environment": {
@@ -254,7 +298,8 @@ def test_the_same_release_with_a_changed_compose_file_rolls_out_again(rollout, r
     assert state_file()["active"] == {**state_file()["active"], "color": "green", "release": "r1"}
 
 
-def test_replicas_get_consecutive_ports_and_all_join_the_upstream(rollout, release, nginx):
+def test_replicas_get_consecutive_ports_and_all_join_the_upstream(rollout, release, nginx, state_file, serving):
+    serving(avoid=("r7",))
     two_frontends = {"frontend": {"deploy": {"replicas": 2}}}
     services = [
         {"name": "backend", "ports": PORTS["backend"], "upstream": "crtest_backend"},
@@ -267,11 +312,13 @@ def test_replicas_get_consecutive_ports_and_all_join_the_upstream(rollout, relea
             "probes": [{"path": "/healthz", "successes": 1, "interval": 0.2, "timeout": 4}],
         },
     ]
+    color = "green" if state_file()["active"]["color"] == "blue" else "blue"
+    first = PORTS["frontend"][color]
     result = rollout(release("r7", "v2", two_frontends), "r7", services=services)
     assert not result.get("failed"), result.get("msg")
-    assert result["color"] == "blue"
-    assert upstream_ports(nginx, "crtest_frontend") == [18211, 18212]
+    assert result["color"] == color
+    assert upstream_ports(nginx, "crtest_frontend") == [first, first + 1]
     probed = [gate["url"] for gate in result["gates"] if gate["gate"] == "http" and gate["service"] == "frontend"]
-    assert probed == ["http://127.0.0.1:18211/healthz", "http://127.0.0.1:18212/healthz"]
-    for port in (18211, 18212):
+    assert probed == [f"http://127.0.0.1:{first}/healthz", f"http://127.0.0.1:{first + 1}/healthz"]
+    for port in (first, first + 1):
         assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200

@@ -2,8 +2,9 @@
 changed env file under the same release id, a state.json that lags nginx, a reload that fails while
 switching back, and Docker commands failing after the switch.
 
-Runs after test_rollout.py on the same engine, nginx and state; each test starts from whatever color
-serves and checks what nginx answers, which containers run, the upstream files and state.json.
+Shares the engine, nginx and state with test_rollout.py. Each test asks for a serving release
+(``serving``, which keeps whatever serves when it fits) and works from whichever color that is; it
+checks what nginx answers, which containers run, the upstream files and state.json.
 """
 
 import json
@@ -14,16 +15,9 @@ import time
 
 import pytest
 import yaml
-from conftest import APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, sh, wait_for
+from conftest import API, APP, PORTS, container_states, http_get, inspect_service, served_version, sh, wait_for
 
-API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
 PLACEHOLDER_URL = "http://127.0.0.1:18251"
-
-
-def served_version():
-    status, body = http_get(API)
-    assert status == 200, body
-    return json.loads(body)["version"]
 
 
 def other(color):
@@ -35,7 +29,10 @@ def backend_upstream_port(nginx):
     return int(text.split("server 127.0.0.1:")[1].split()[0])
 
 
-def test_an_upstreams_dir_nginx_does_not_read_is_caught_before_the_reload(rollout, release, workdir, state_file):
+def test_an_upstreams_dir_nginx_does_not_read_is_caught_before_the_reload(
+    rollout, release, workdir, state_file, serving
+):
+    serving()
     before = state_file()
     live, version = before["active"]["color"], served_version()
     unread = workdir / "upstreams-nginx-never-reads"
@@ -52,7 +49,8 @@ def test_an_upstreams_dir_nginx_does_not_read_is_caught_before_the_reload(rollou
     assert state_file() == before
 
 
-def test_a_changed_env_file_rolls_the_same_release_out_again(rollout, release, state_file):
+def test_a_changed_env_file_rolls_the_same_release_out_again(rollout, release, state_file, serving):
+    serving()
     secret = {"backend": {"env_file": ["backend.env"]}}
     first = rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=first\n"}), "r9")
     assert not first.get("failed"), first.get("msg")
@@ -68,8 +66,11 @@ def test_a_changed_env_file_rolls_the_same_release_out_again(rollout, release, s
     assert rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=second\n"}), "r9")["changed"] is False
 
 
-def test_the_live_color_comes_from_the_upstream_files_when_state_json_lags(rollout, release, workdir, state_file):
+def test_the_live_color_comes_from_the_upstream_files_when_state_json_lags(
+    rollout, release, workdir, state_file, serving
+):
     """A rollout interrupted between its switch and its record left state.json naming the old color."""
+    serving("v1")
     path = workdir / "state" / "state.json"
     saved = path.read_text()
     live = state_file()["active"]["color"]
@@ -94,7 +95,10 @@ def test_the_live_color_comes_from_the_upstream_files_when_state_json_lags(rollo
     assert container_states(f"{APP}-{live}")["backend"] == "running"
 
 
-def test_a_failed_switch_back_leaves_traffic_on_the_new_color_and_records_it(rollout, release, nginx, state_file):
+def test_a_failed_switch_back_leaves_traffic_on_the_new_color_and_records_it(
+    rollout, release, nginx, state_file, serving
+):
+    serving("v1")  # the watcher below tells the switch by v2 appearing
     live = state_file()["active"]["color"]
     new = other(live)
     pid_file = nginx.prefix / "nginx.pid"
@@ -150,8 +154,9 @@ def failing_docker(tmp_path):
 
 
 def test_docker_failing_after_the_switch_fails_cleanly_with_state_agreeing_with_nginx(
-    rollout, release, nginx, state_file, failing_docker
+    rollout, release, nginx, state_file, failing_docker, serving
 ):
+    serving(avoid=("r12",))
     live = state_file()["active"]["color"]
     new = other(live)
     environment = failing_docker(f"compose --project-name {APP}-{live} stop")
@@ -165,9 +170,11 @@ def test_docker_failing_after_the_switch_fails_cleanly_with_state_agreeing_with_
     assert state_file()["active"] == {**state_file()["active"], "color": new, "release": "r12"}
 
 
-def test_docker_failing_while_checking_the_serving_release_fails_cleanly(rollout, workdir, state_file, failing_docker):
+def test_docker_failing_while_checking_the_serving_release_fails_cleanly(rollout, release, state_file, failing_docker):
+    serving = rollout(release("r12", "v1"), "r12")
+    assert not serving.get("failed"), serving.get("msg")
     before = state_file()
-    result = rollout(workdir / "releases" / "r12", "r12", environment=failing_docker("ps "))
+    result = rollout(release("r12", "v1"), "r12", environment=failing_docker("ps "))
     assert result["failed"]
     assert "Traceback" not in json.dumps(result)
     assert f"could not tell whether color {before['active']['color']} still serves release r12" in result["msg"]

@@ -1,0 +1,34 @@
+# Copyright (c) berth.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The service model (plugins/module_utils/_service_model.py) for the compose_app role's templates and
+preflight, so the role and the compose_rollout module check and name services by the same rules.
+Documentation: the sidecar files beside this one (service_errors.yml, ...)."""
+
+from __future__ import annotations
+
+from ansible_collections.berth.stack.plugins.module_utils import _service_model as model
+
+
+def service_errors(services, app, variable="compose_app_services"):
+    return model.service_errors(app, services, variable)
+
+
+def release_errors(app, release, keep_releases):
+    return model.release_errors(
+        app, release, keep_releases, ("compose_app_name", "compose_app_release", "compose_app_keep_releases")
+    )
+
+
+def data_service_errors(services, variable="compose_app_data_services"):
+    return model.data_service_errors(services, variable)
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "service_errors": service_errors,
+            "data_service_errors": data_service_errors,
+            "release_errors": release_errors,
+            "port_variable": model.port_variable,
+            "compose_environment": model.compose_environment,
+        }

@@ -1,0 +1,245 @@
+# Copyright (c) berth.stack maintainers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""compose_rollout's plan: what a rollout would do, computed from its parameters and what was observed
+on the host, without touching the host.
+
+``plan_rollout(params, observed)`` is pure: ``observed`` holds the app's state.json, the current
+content of each upstream file (read once, by path), the digest of the release's files and Compose's
+order of the services. The plan says which color serves and which one starts, the order, every
+upstream file's new content and whether it changes, the diff and the steps; check mode returns it,
+``_rollout_apply.apply()`` carries it out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ansible_collections.berth.stack.plugins.module_utils import _health as health
+from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
+from ansible_collections.berth.stack.plugins.module_utils import _release_state as states
+from ansible_collections.berth.stack.plugins.module_utils import _service_model as model
+
+ARGUMENT_SPEC = {
+    "app": {"type": "str", "required": True},
+    "release": {"type": "str", "required": True},
+    "release_dir": {"type": "path", "required": True},
+    "compose_file": {"type": "str", "default": "compose.yaml"},
+    "state_dir": {"type": "path"},
+    "services": {"type": "list", "elements": "dict", "required": True, "options": model.SERVICE_SPEC},
+    "upstreams_dir": {"type": "path", "default": "/etc/nginx/berth/upstreams"},
+    "upstream_keepalive": {"type": "int", "default": 16},
+    "nginx_url": {"type": "str", "default": "http://127.0.0.1"},
+    "nginx_host_header": {"type": "str"},
+    "nginx_test_command": {"type": "list", "elements": "str", "default": ["nginx", "-t", "-q"]},
+    "nginx_reload_command": {"type": "list", "elements": "str", "default": ["systemctl", "reload", "nginx"]},
+    "drain_seconds": {"type": "float", "default": 5},
+    "stop_timeout": {"type": "int", "default": 10},
+    "keep_releases": {"type": "int", "default": 5},
+}
+
+
+class PlanError(ValueError):
+    """The parameters and what is on the host do not make a rollout (for example a service compose lacks)."""
+
+
+def validation_errors(params):
+    """Every problem with the parameters, each naming the option and the bad value."""
+    errors = model.release_errors(params["app"], params["release"], params["keep_releases"])
+    if not os.path.isfile(compose_path(params)):
+        errors.append(f"release_dir={params['release_dir']!r}: holds no compose file {params['compose_file']!r}")
+    if params["nginx_url"] and not re.match(r"^https?://[^/]+$", params["nginx_url"]):
+        errors.append(f"nginx_url={params['nginx_url']!r}: give scheme and host only, e.g. http://127.0.0.1")
+    return errors + model.service_errors(params["app"], params["services"], "services")
+
+
+def uses_expressions(params):
+    return any(probe["expect"] for service in params["services"] for probe in service["probes"])
+
+
+def compose_path(params):
+    return os.path.join(params["release_dir"], params["compose_file"])
+
+
+def state_path(params):
+    return os.path.join(params["state_dir"] or f"/srv/berth/{params['app']}", "state.json")
+
+
+def listed_services(params):
+    """The listed services with their defaults and default upstreams, each probe's expression compiled once."""
+    services = []
+    for raw in params["services"]:
+        service = model.with_defaults(params["app"], raw)
+        service["probes"] = [
+            {**probe, "expression": health.compile_expression(probe["expect"]) if probe["expect"] else None}
+            for probe in service["probes"]
+        ]
+        services.append(service)
+    return services
+
+
+def upstream_paths(params):
+    """The upstream files the rollout reads and writes, one per service behind nginx."""
+    services = [model.with_defaults(params["app"], raw) for raw in params["services"]]
+    return [upstreams.upstream_path(params["upstreams_dir"], s["upstream"]) for s in services if s["upstream"]]
+
+
+def nginx_dump_command(test_command):
+    """The nginx test command with -T (test and dump) in place of -t, or None when it has no -t."""
+    if "-t" not in test_command:
+        return None
+    return ["-T" if arg == "-t" else arg for arg in test_command]
+
+
+def _live_color_of_upstreams(services, files, upstreams_dir):
+    """The color all upstream files point at (by each service's first port), or None when they do not agree."""
+    colors = set()
+    for service in services:
+        if not service["upstream"]:
+            continue
+        ports = upstreams.upstream_ports(files.get(upstreams.upstream_path(upstreams_dir, service["upstream"])))
+        matching = [color for color in states.COLORS if ports and ports[0] == service["ports"][color]]
+        colors.add(matching[0] if matching else None)
+    return colors.pop() if len(colors) == 1 else None
+
+
+def _previous(params, services, observed, warnings):
+    """The color (and release) serving now: nginx is the truth, state.json lags it when a rollout was
+    interrupted between its switch and its record."""
+    state = observed["state"]
+    live = _live_color_of_upstreams(services, observed["upstream_files"], params["upstreams_dir"])
+    if live and live != states.active_color(state):
+        warnings.append(
+            f"the upstream files in {params['upstreams_dir']} point at color {live} but {state_path(params)} names "
+            f"{states.active_color(state)}: {live} is taken as live (an earlier rollout stopped after its switch)"
+        )
+        return {"color": live, "release": None}
+    return {"color": states.active_color(state), "release": states.active_release(state)}
+
+
+def _order(services, compose_services, compose_file):
+    listed = [service["name"] for service in services]
+    unknown = [name for name in listed if name not in compose_services]
+    if unknown:
+        raise PlanError(f"services: {', '.join(unknown)} not in {compose_file} (it has {', '.join(compose_services)})")
+    return listed + [name for name in compose_services if name not in listed]
+
+
+def _upstreams(params, services, color, files):
+    """Every upstream file pointing at ``color``: name, path, ports, content, what it holds now, changed."""
+    comment = f"Managed by berth.stack.compose_rollout: app {params['app']}, color {color}, release {params['release']}"
+    planned = []
+    for service in services:
+        if not service["upstream"]:
+            continue
+        path = upstreams.upstream_path(params["upstreams_dir"], service["upstream"])
+        ports = model.service_ports(service, color)
+        content = upstreams.render_upstream(service["upstream"], ports, params["upstream_keepalive"], comment)
+        before = files.get(path)
+        planned.append(
+            {
+                "name": service["upstream"],
+                "path": path,
+                "ports": ports,
+                "content": content,
+                "before": before,
+                "changed": before != content,
+            }
+        )
+    return planned
+
+
+def _steps(params, plan):
+    changed = [item["name"] for item in plan["upstreams"] if item["changed"]]
+    checks = "nginx -t, nginx -T, reload" if plan["nginx_dump_command"] else "nginx -t, reload"
+    steps = [f"start and gate {plan['project']}: {', '.join(plan['order'])}"]
+    if not plan["upstreams"]:
+        steps.append("no service behind nginx: nginx untouched")
+    else:
+        steps.append(f"switch upstreams to {plan['color']}: {', '.join(changed) or 'files unchanged'} ({checks})")
+    if params["nginx_url"] and plan["upstreams"]:
+        steps.append(f"probe through nginx at {params['nginx_url']}")
+    steps.append(f"record {params['release']} as active in {plan['state_path']}")
+    live = plan["previous"]["color"]
+    if live and live != plan["color"]:
+        steps.append(f"drain {params['drain_seconds']:g} s, then stop {params['app']}-{live}")
+    return steps
+
+
+def plan_rollout(params, observed):
+    """The rollout of ``params`` (validated module parameters) given ``observed``:
+
+    ``state`` (state.json as a dict), ``upstream_files`` (path -> content, None for a missing file),
+    ``release_sha256`` (the release's compose and env files) and ``compose_services`` (compose's order).
+    ``serving`` is True when the release already serves by state and files; whether its containers
+    still run is for the caller to ask Docker.
+    """
+    listed = listed_services(params)
+    warnings = []
+    previous = _previous(params, listed, observed, warnings)
+    # The same release id with a changed compose or env file (configuration, secrets) is rolled out again.
+    recorded = states.find_release(observed["state"], params["release"]) or {}
+    same_release = (
+        previous["release"] == params["release"]
+        and bool(previous["color"])
+        and recorded.get("release_sha256") in (None, observed["release_sha256"])
+    )
+    color = previous["color"] if same_release else states.next_color(previous["color"])
+    order = _order(listed, observed["compose_services"], compose_path(params))
+    by_name = {service["name"]: service for service in listed}
+    plan = {
+        "app": params["app"],
+        "release": params["release"],
+        "release_dir": params["release_dir"],
+        "compose_file": compose_path(params),
+        "state_path": state_path(params),
+        "state": observed["state"],
+        "release_sha256": observed["release_sha256"],
+        "previous": previous,
+        "warnings": warnings,
+        "color": color,
+        "project": f"{params['app']}-{color}",
+        "order": order,
+        "listed": [service["name"] for service in listed],
+        "services": [by_name.get(name) or model.with_defaults(params["app"], {"name": name}) for name in order],
+        "environment": model.compose_environment(listed, color),
+        "upstreams": _upstreams(params, listed, color, observed["upstream_files"]),
+        "nginx_dump_command": nginx_dump_command(params["nginx_test_command"]),
+        "settings": {
+            key: params[key]
+            for key in (
+                "upstreams_dir",
+                "nginx_url",
+                "nginx_host_header",
+                "nginx_test_command",
+                "nginx_reload_command",
+                "drain_seconds",
+                "stop_timeout",
+                "keep_releases",
+            )
+        },
+    }
+    plan["serving"] = same_release and not any(item["changed"] for item in plan["upstreams"])
+    plan["steps"] = _steps(params, plan)
+    plan["diff"] = [
+        {
+            "before_header": item["path"],
+            "after_header": item["path"],
+            "before": item["before"] or "",
+            "after": item["content"],
+        }
+        for item in plan["upstreams"]
+        if item["changed"]
+    ]
+    return plan
+
+
+def public_plan(plan):
+    """The plan as the module returns it (RETURN ``plan``)."""
+    return {
+        "color": plan["color"],
+        "project": plan["project"],
+        "order": plan["order"],
+        "upstreams": [{key: item[key] for key in ("name", "path", "ports", "changed")} for item in plan["upstreams"]],
+        "steps": plan["steps"],
+    }
