@@ -9,7 +9,10 @@ trap 'rm -rf "$work"' EXIT
 dest="$work/ansible_collections/berth/stack"
 mkdir -p "$dest"
 cd "$repo"
+# Not the links that make a clone find the collection (collections/, playbooks/collections): inside
+# ansible_collections/berth/stack they would loop, and the built tarball leaves them out as well.
 git ls-files -z --cached --others --exclude-standard \
+  | grep -zv -e '^collections/ansible_collections/' -e '^playbooks/collections$' \
   | rsync -a --from0 --files-from=- --ignore-missing-args ./ "$dest/"
 cd "$dest"
 # ansible-test reads the file list from git when it finds a repository.

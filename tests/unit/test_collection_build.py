@@ -1,5 +1,6 @@
 """`ansible-galaxy collection build` gives a tarball that installs and works from the installed copy."""
 
+import json
 import os
 import subprocess
 import tarfile
@@ -62,11 +63,18 @@ def test_tarball_leaves_out_test_output_caches_and_the_virtualenv(installed):
     assert any(name.startswith("roles/docker_host/") for name in names)
     for unwanted in (".venv/", ".ansible/", ".git/", "tests/output/", ".ci/"):
         assert not any(name.startswith(unwanted) for name in names), unwanted
+    # The links that make a clone find the collection (collections/ansible_collections/berth/stack -> ../../..,
+    # playbooks/collections -> ../collections) would loop inside an installed copy.
+    assert not any(name == "collections" or name.startswith("collections/") for name in names)
+    assert not any(name.startswith("playbooks/collections") for name in names)
+    assert "playbooks/awx/job_templates.yml" in names
+    # ansible-builder reads these from an installed collection when it builds someone else's EE.
+    assert {"requirements.txt", "bindep.txt"} <= set(names)
     assert not any("__pycache__" in name for name in names)
 
 
 def test_installed_copy_validates_role_arguments(installed, tmp_path):
-    """The installed role loads from the installed path and rejects bad input by name."""
+    """The role loads from the installed path (not the checkout) and rejects bad input by name."""
     install_path = installed[1]
     playbook = tmp_path / "play.yml"
     playbook.write_text(
@@ -78,14 +86,18 @@ def test_installed_copy_validates_role_arguments(installed, tmp_path):
         "        docker_host_users: not-a-list-of-users\n"
         "        docker_host_source: nowhere\n"
     )
-    env = isolated_env(install_path, tmp_path)
+    env = {**isolated_env(install_path, tmp_path), "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
     command = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
     result = run(command, env=env, cwd=tmp_path)
-    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert str(install_path) in output or "berth.stack.docker_host" in output
-    assert "docker_host_source" in output
-    assert "Validating arguments against arg spec" in output
+    tasks = json.loads(result.stdout)["plays"][0]["tasks"]
+    validation = tasks[0]["hosts"]["localhost"]
+    assert tasks[0]["task"]["name"].startswith("berth.stack.docker_host : Validating arguments against arg spec 'main'")
+    assert validation["failed"] is True
+    assert validation["validate_args_context"]["path"] == str(
+        install_path / "ansible_collections" / "berth" / "stack" / "roles" / "docker_host"
+    )
+    assert "docker_host_source" in validation["msg"]
 
 
 def test_ansible_doc_reads_the_installed_role(installed, tmp_path):
