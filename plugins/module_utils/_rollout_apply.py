@@ -84,7 +84,9 @@ def observe(params, run):
         raise RolloutFailed(f"release_dir: docker compose config refused {compose_file}: {exc}") from exc
     return {
         "state": state,
-        "upstream_files": {path: upstreams.read_file(path) for path in planning.upstream_paths(params)},
+        "upstream_files": {
+            path: upstreams.read_file(path) for path in planning.upstream_paths(services, params["upstreams_dir"])
+        },
         "release_sha256": digest,
         "compose_services": order,
     }

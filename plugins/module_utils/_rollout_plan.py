@@ -78,10 +78,9 @@ def listed_services(params):
     return services
 
 
-def upstream_paths(params):
-    """The upstream files the rollout reads and writes, one per service behind nginx."""
-    services = [model.with_defaults(params["app"], raw) for raw in params["services"]]
-    return [upstreams.upstream_path(params["upstreams_dir"], s["upstream"]) for s in services if s["upstream"]]
+def upstream_paths(services, upstreams_dir):
+    """The upstream files the rollout reads and writes, one per service (with its defaults) behind nginx."""
+    return [upstreams.upstream_path(upstreams_dir, s["upstream"]) for s in services if s["upstream"]]
 
 
 def nginx_dump_command(test_command):

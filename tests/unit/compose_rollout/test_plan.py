@@ -156,7 +156,9 @@ def test_steps_follow_the_settings(changes, step):
 
 
 def test_upstream_paths_are_the_files_the_plan_reads():
-    assert planning.upstream_paths(params()) == [BACKEND_CONF, FRONTEND_CONF]
+    given = params()
+    services = planning.listed_services(given)
+    assert planning.upstream_paths(services, given["upstreams_dir"]) == [BACKEND_CONF, FRONTEND_CONF]
 
 
 def test_each_expression_is_compiled_once_in_the_plan():
