@@ -3,7 +3,9 @@
 """Controller half of berth.stack.safe_migration: read and lint the migration files, then run the module.
 
 Parsing happens here, with pglast, so target hosts need no SQL parser: the module receives each file's
-statements, checksum, allowances and findings in its ``migrations`` option.
+statements, checksum, allowances and findings in its ``migrations`` option. In Mode 2 with sql_files or
+sql_command, a first module run on the target reads the SQL the app's tool would apply; it is analysed
+here and handed to the second run in ``tool_sql``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = dict(self._task.args)
-        if "migrations" in args:
-            raise AnsibleActionFail("migrations: filled in by the action plugin from directory; do not set it")
+        for internal in ("migrations", "tool_sql", "collect_tool_sql"):
+            if internal in args:
+                raise AnsibleActionFail(f"{internal}: filled in by the action plugin; do not set it")
         if args.get("directory"):
             if not analysis.HAS_PGLAST:
                 raise AnsibleActionFail(missing_required_lib("pglast") + " (on the controller)")
@@ -28,6 +31,20 @@ class ActionModule(ActionBase):
                 args["migrations"] = analysis.load_directory(args["directory"])
             except analysis.MigrationFileError as error:
                 raise AnsibleActionFail(str(error)) from error
+        if args.get("command") and (args.get("sql_files") or args.get("sql_command")):
+            if not analysis.HAS_PGLAST:
+                raise AnsibleActionFail(missing_required_lib("pglast") + " (on the controller)")
+            # First pass on the target: read the SQL the app's tool would apply (new files of the new
+            # image, the output of sql_command); it is judged here, then the module runs for real.
+            collected = self._execute_module(
+                module_name="berth.stack.safe_migration",
+                module_args=dict(args, collect_tool_sql=True),
+                task_vars=task_vars,
+            )
+            if collected.get("failed"):
+                result.update(collected)
+                return result
+            args["tool_sql"] = analysis.review_tool_sql(collected["tool_sql_collected"])
         module_result = self._execute_module(
             module_name="berth.stack.safe_migration", module_args=args, task_vars=task_vars
         )

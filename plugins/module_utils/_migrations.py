@@ -15,6 +15,7 @@ import time
 import zlib
 from datetime import datetime
 
+from ansible_collections.berth.stack.plugins.module_utils import _migration_state as state
 from ansible_collections.berth.stack.plugins.module_utils import _postgres as pg
 
 MIGRATION_NAME = re.compile(r"^V(?P<version>\d+(?:\.\d+)*)__(?P<description>[^/]+)\.sql$")
@@ -147,50 +148,98 @@ def table_exists(connection, table: str) -> bool:
     return pg.query(connection, "SELECT to_regclass(%s) IS NOT NULL", (table,))[0][0]
 
 
-def finding_applies(connection, finding: dict) -> bool:
-    """Some findings depend on the live database: whether the table has rows, or a CHECK proves NOT NULL."""
-    blocking = finding["class"] in ("destructive", "lock-heavy") and finding.get("table")
-    if blocking and not table_exists(connection, finding["table"]):
-        return False  # an earlier pending file creates the table, so nobody uses it yet
-    if finding.get("needs_rows"):
-        return table_has_rows(connection, finding["table"])
-    if finding.get("unless_not_null_checked"):
-        return not has_validated_not_null_check(connection, finding["table"], finding["column"])
-    return True
+DATABASE_KEYS = (
+    "needs_rows",
+    "unless_not_null_checked",
+    "unless_rewrite_free",
+    "new_type",
+    "needs_constrained_domain",
+    "needs_domain_rows",
+    "type_name",
+    "same_session",
+)
 
 
-def judge(pending: list, policy: str, connection) -> tuple[list, list]:
-    """(findings that refuse the run, all findings of pending files with their verdict)."""
-    refused, judged = [], []
+def finding_state(connection, finding: dict) -> tuple[bool, str | None]:
+    """(whether the finding holds on this database, why not when a rule was lifted).
+
+    The controller cannot see the database: whether a table has rows, a CHECK proves NOT NULL, a type
+    change needs a rewrite, a type is a constrained domain, or a domain's columns sit in filled tables.
+    A lifted rule carries its reason into the plan; a finding that simply does not apply (a type that is
+    not a domain) carries none.
+    """
+    table = finding.get("table")
+    blocking = finding["class"] in ("destructive", "lock-heavy")
+    if blocking and table and not table_exists(connection, table):
+        return False, f"{table} does not exist yet (an earlier pending file creates it), so nobody uses it"
+    if finding.get("needs_constrained_domain") and not state.constrained_domain(connection, finding["type_name"]):
+        return False, None
+    if finding.get("needs_rows") and not table_has_rows(connection, table):
+        return False, f"{table} has no rows, so nothing is scanned or rewritten"
+    if finding.get("unless_not_null_checked") and has_validated_not_null_check(connection, table, finding["column"]):
+        return False, f"a validated CHECK ({finding['column']} IS NOT NULL) lets PostgreSQL skip the scan"
+    if finding.get("unless_rewrite_free"):
+        current = state.column_type(connection, table, finding["column"])
+        if current is not None:
+            timezone = pg.query(connection, "SHOW TimeZone")[0][0] if finding.get("same_session") else None
+            free, why = state.type_change_without_rewrite(current[0], current[1], finding["new_type"], timezone)
+            finding["detail"] = f"{table}.{finding['column']} {current[2]} to {finding['new_type']['text']}: {why}"
+            if free:
+                return False, finding["detail"]
+    if finding.get("needs_domain_rows"):
+        filled = state.filled_domain_columns(connection, finding["domain"])
+        if not filled:
+            return False, f"no column of domain {finding['domain']} is in a table with rows, so nothing is scanned"
+        finding["detail"] = f"{finding.get('detail') or 'ALTER DOMAIN'} checks {', '.join(filled)}"
+    return True, None
+
+
+def judge(pending: list, policy: str, connection, refuse_classes=(), same_session=True) -> tuple[list, list, list]:
+    """(findings that refuse the run, all findings of pending files with their verdict, lifted rules).
+
+    refuse_classes: classes refused even where a file allows them (an inventory's "never DROP in production").
+    same_session: this module's session runs the SQL (Mode 1), so its settings (TimeZone) hold for it too.
+    """
+    refused, judged, lifted = [], [], []
     for migration in pending:
         allowances = migration.get("allowances") or {}
         for finding in migration.get("findings") or []:
-            if not finding_applies(connection, finding):
+            finding = dict(finding, same_session=same_session)
+            applies, reason = finding_state(connection, finding) if connection is not None else (True, None)
+            for key in DATABASE_KEYS:
+                finding.pop(key, None)
+            if not applies:
+                if reason:
+                    lifted.append(dict(finding, verdict="lifted", lifted_because=reason))
                 continue
             cls = finding["class"]
             if cls == "error":
                 verdict = "refused"
             elif cls == "advice":
                 verdict = "warned"
+            elif cls in refuse_classes:
+                verdict = "refused"
+                allowed = f" although the file allows it ({allowances[cls]})" if cls in allowances else ""
+                finding["refused_by"] = f"refuse_classes forbids {cls}{allowed}"
             elif cls in allowances:
                 verdict = "allowed"
             elif cls == "lock-heavy" and policy == "warn":
                 verdict = "warned"
             else:
                 verdict = "refused"
-            finding = dict(finding, verdict=verdict)
-            finding.pop("needs_rows", None)
-            finding.pop("unless_not_null_checked", None)
+            finding["verdict"] = verdict
             judged.append(finding)
             if verdict == "refused":
                 refused.append(finding)
-    return refused, judged
+    return refused, judged, lifted
 
 
 def describe_finding(finding: dict) -> str:
+    policy = f" Refused by policy: {finding['refused_by']}." if finding.get("refused_by") else ""
     return (
         f"{finding['file']}:{finding['line']}: {finding['class']} [{finding['rule']}] "
         f"{finding.get('detail') or finding['statement']}: {finding['why']} Safe alternative: {finding['alternative']}"
+        f"{policy}"
     )
 
 
@@ -330,6 +379,16 @@ def drop_invalid_index(connection, statement: dict) -> list:
     return [drop]
 
 
+def drop_reindex_leftovers(connection, statement: dict) -> list:
+    """Drop the INVALID _ccnew/_ccold copies a failed REINDEX ... CONCURRENTLY left, before it runs again."""
+    drops = []
+    for index in state.reindex_leftovers(connection, statement["reindex"]):
+        drop = f"DROP INDEX CONCURRENTLY IF EXISTS {index}"
+        _execute_statement(connection, dict(statement, sql=drop))
+        drops.append(drop)
+    return drops
+
+
 def apply_migration(connection, migration: dict, settings: dict, retries: list) -> dict:
     """Apply one file and record it; returns its timing and any cleanup run. History and file commit together."""
     started = time.monotonic()
@@ -372,6 +431,8 @@ def apply_migration(connection, migration: dict, settings: dict, retries: list) 
                 attempts["count"] += 1
                 if statement.get("index"):
                     cleanup.extend(drop_invalid_index(connection, statement))
+                if statement.get("reindex"):
+                    cleanup.extend(drop_reindex_leftovers(connection, statement))
                 _execute_statement(connection, statement)
 
             try:

@@ -26,8 +26,21 @@ description:
     run (it does not exist yet when the run starts), are safe. Advice (int instead of
     bigint, varchar(n), timestamp without time zone, char(n), concurrent index statements that fail on a
     re-run) is always a warning, never a refusal.
-  - "A file allows a class with a comment line C(-- berth:allow destructive reason=\"...\") or
-    C(-- berth:allow lock-heavy reason=\"...\"); the reason is required and recorded in the history table.
+  - Statements whose effect the parser cannot see (a C(DO) block, C(EXECUTE) of a prepared statement, C(CALL), a
+    C(SELECT) of a function other than a few known built-ins) are C(unanalysable) and refused unless the file
+    allows that class. A C(WHERE) that is always true (C(WHERE true), C(WHERE 1 = 1), C(WHERE id = id)), that reads
+    no column of the changed table (C(DELETE ... USING other WHERE other.flag)) or that selects every row
+    (C(WHERE id IN (SELECT id FROM same_table))) counts as no C(WHERE); so does a C(DELETE) or C(UPDATE) inside a
+    CTE, C(PREPARE), C(EXPLAIN ANALYZE) or C(CREATE RULE), and C(MERGE ... ON true).
+  - "Some rules are decided on the target database, and a lifted rule is listed in RV(lifted) with the reason:
+    a type change PostgreSQL does without a rewrite, read against the column's current type (raising or removing a
+    varchar or bit varying limit, varchar to text and back, raising numeric's precision at the same scale,
+    raising a timestamp's precision, cidr to inet, timestamp to timestamptz in a UTC session); a NOT NULL column
+    or a column of a constrained domain added to an empty table; SET NOT NULL with a validated CHECK; ALTER DOMAIN
+    ... ADD CONSTRAINT when no table with rows uses the domain; any rule on a table an earlier pending file creates."
+  - "A file allows a class with a comment line C(-- berth:allow destructive reason=\"...\"),
+    C(-- berth:allow lock-heavy reason=\"...\") or C(-- berth:allow unanalysable reason=\"...\"); the reason is
+    required and recorded in the history table. O(refuse_classes) refuses a class even where a file allows it.
     A file whose statements cannot run in a transaction (CREATE INDEX CONCURRENTLY, VACUUM) starts with
     C(-- berth:no-transaction); it runs statement by statement in autocommit and must be safe to re-run
     (use IF NOT EXISTS / IF EXISTS). Before each attempt of a named CREATE INDEX CONCURRENTLY, an INVALID
@@ -43,6 +56,11 @@ description:
   - "Mode 2 (O(command)): runs the application's own migration tool (alembic, prisma migrate deploy,
     drizzle, C(pnpm db:migrate)) in a one-off container of the new image with C(docker compose run --rm),
     under the same advisory lock, backup and timeout. O(check_command) decides whether anything is pending."
+  - "When something is pending, the SQL the tool is about to apply is judged first with the same analysis,
+    O(policy), allowances and O(refuse_classes): the files matching O(sql_files) that O(image) carries and
+    O(previous_image) did not (read with C(docker create) and C(docker cp), never run), and the output of
+    O(sql_command). A refusal names the file inside the image (or the command) and the line; the tool does not run.
+    The tool's sessions get O(lock_timeout) and O(statement_timeout) through C(PGOPTIONS) (O(tool_pgoptions))."
   - When something is pending and O(backup=true), a custom-format C(pg_dump) is written first, mode 0600,
     named with the database, the time and the versions about to be applied. A failed backup aborts the run.
   - "A database in a container on the target is reached through a port published on loopback
@@ -53,7 +71,7 @@ author:
   - berth.stack maintainers (@berth-stack)
 requirements:
   - psycopg (3) or psycopg2 on the target.
-  - pglast on the controller (Mode 1).
+  - pglast on the controller (Mode 1, and Mode 2 with O(sql_files) or O(sql_command)).
   - pg_dump on the target (backups without O(backup_container)), docker with the compose plugin (Mode 2).
 attributes:
   check_mode:
@@ -83,7 +101,7 @@ options:
   policy:
     description:
       - V(strict) refuses lock-heavy statements that the file does not allow; V(warn) runs them with a warning.
-        Destructive statements always need an allowance.
+        Destructive and unanalysable statements always need an allowance. Mode 2 judges the tool's SQL the same way.
     type: str
     choices: [strict, warn]
     default: strict
@@ -147,6 +165,59 @@ options:
     description: Seconds O(command) may run before its container is removed and the module fails.
     type: int
     default: 1800
+  image:
+    description:
+      - The new image of O(service), whose SQL files O(sql_files) reads (Mode 2). Defaults to the image the compose
+        file gives the service.
+    type: str
+  previous_image:
+    description:
+      - The running release's image of O(service) (a name or an image ID). Files it already carried with the same
+        content are not linted again; without it every file matching O(sql_files) is (a first deploy).
+    type: str
+  sql_files:
+    description:
+      - Absolute globs inside O(image) of the SQL files the app's tool applies, for example
+        V(/app/prisma/migrations/*/migration.sql) (prisma), V(/app/drizzle/*.sql) (drizzle) or
+        V(/app/migrations/*.up.sql) (golang-migrate). C(*) stays within one directory, C(**) spans several.
+      - Allowances are the same comment lines inside those files.
+    type: list
+    elements: str
+    default: []
+  sql_command:
+    description:
+      - Run like O(command) before it, this command prints the SQL the tool would apply without applying it, for
+        example V([alembic, upgrade, head, --sql]); its output is linted, its BEGIN/COMMIT are the tool's own.
+    type: list
+    elements: str
+    default: []
+  tool_pgoptions:
+    description:
+      - Give the tool's container C(PGOPTIONS=-c lock_timeout=... -c statement_timeout=...) from O(lock_timeout) and
+        O(statement_timeout). libpq reads it (psql; psycopg2 and psycopg 3, so alembic and Django); Prisma's engine
+        does not, and drivers with their own protocol code (node-postgres, pgx, lib/pq, asyncpg, postgres.js) may
+        not, so set the timeouts in their configuration.
+    type: bool
+    default: true
+  tool_sql:
+    description:
+      - The analysis of the SQL the tool will apply, filled in by the action plugin from O(sql_files) and
+        O(sql_command). Do not set it yourself.
+    type: list
+    elements: dict
+  collect_tool_sql:
+    description:
+      - Set by the action plugin for its first pass, which only reads the SQL the tool would apply. Do not set it.
+    type: bool
+    default: false
+  refuse_classes:
+    description:
+      - Classes refused even where a file allows them, in both modes. Set per inventory, for example
+        V([destructive]) in production, so that "never DROP in production" is a setting.
+    type: list
+    elements: str
+    choices: [destructive, lock-heavy, unanalysable]
+    default: []
   backup:
     description: Dump the database before the first statement when something is pending.
     type: bool
@@ -217,6 +288,11 @@ EXAMPLES = r"""
     service: api
     command: [npx, prisma, migrate, deploy]
     check_command: [npx, prisma, migrate, status]
+    # Lint the migration files release 42 adds before prisma applies them; never DROP in production.
+    image: registry.example.com/shop/api:42
+    previous_image: registry.example.com/shop/api:41
+    sql_files: [/app/prisma/migrations/*/migration.sql]
+    refuse_classes: [destructive]
     host: 127.0.0.1
     database: shop
     user: shop_owner
@@ -242,9 +318,26 @@ pending:
   sample: [{"version": "0003", "file": "V0003__add_status.sql", "transactional": true}]
 findings:
   description:
-    - Analysis findings for pending files, each with file, line, rule, class, why, alternative and verdict
-      (allowed, warned or refused).
-  returned: Mode 1
+    - Analysis findings for pending files (Mode 2, for the SQL the tool would apply), each with file, line, rule,
+      class, why, alternative and verdict (allowed, warned or refused); C(refused_by) when O(refuse_classes) refused it.
+  returned: Mode 1; Mode 2 with O(sql_files) or O(sql_command) when something is pending
+  type: list
+  elements: dict
+lifted:
+  description:
+    - Findings the target database cleared, with verdict V(lifted) and C(lifted_because), the reason, for example
+      that raising a varchar limit from 20 to 200 needs no rewrite and no scan.
+  returned: when findings were judged
+  type: list
+  elements: dict
+reviewed:
+  description: The SQL sources judged before the tool ran (paths inside the image, C(output of <sql_command>)).
+  returned: Mode 2 with O(sql_files) or O(sql_command) when something is pending
+  type: list
+  elements: str
+tool_sql_collected:
+  description: The action plugin's first pass only, the SQL read for review (source and text).
+  returned: with O(collect_tool_sql)
   type: list
   elements: dict
 backup:
@@ -257,7 +350,8 @@ backup:
 queries:
   description:
     - Statements executed, in order, including the session settings and the C(DROP INDEX CONCURRENTLY) of an
-      INVALID index left by a failed concurrent build.
+      INVALID index left by a failed concurrent build, or of the C(_ccnew)/C(_ccold) copies a failed
+      C(REINDEX ... CONCURRENTLY) left, dropped before it runs again.
   returned: always
   type: list
   elements: str
@@ -294,14 +388,18 @@ stderr:
 """
 
 import getpass
+import json
 import os
 import socket
 import subprocess
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.berth.stack.plugins.module_utils import _migration_image as image_sql
 from ansible_collections.berth.stack.plugins.module_utils import _migrations as mig
 from ansible_collections.berth.stack.plugins.module_utils import _postgres as pg
+
+REFUSABLE_CLASSES = ("destructive", "lock-heavy", "unanalysable")
 
 
 def argument_spec() -> dict:
@@ -324,6 +422,14 @@ def argument_spec() -> dict:
         "service": {"type": "str"},
         "project_name": {"type": "str"},
         "command_timeout": {"type": "int", "default": 1800},
+        "image": {"type": "str"},
+        "previous_image": {"type": "str"},
+        "sql_files": {"type": "list", "elements": "str", "default": []},
+        "sql_command": {"type": "list", "elements": "str", "default": []},
+        "tool_pgoptions": {"type": "bool", "default": True},
+        "tool_sql": {"type": "list", "elements": "dict"},
+        "collect_tool_sql": {"type": "bool", "default": False},
+        "refuse_classes": {"type": "list", "elements": "str", "default": [], "choices": list(REFUSABLE_CLASSES)},
         "backup": {"type": "bool", "default": True},
         "backup_dir": {"type": "path", "default": "/var/backups/berth/migrations"},
         "backup_container": {"type": "str"},
@@ -343,6 +449,14 @@ def parameter_errors(params: dict) -> list:
             errors.append(f"{option}: {params[option]} must not be negative")
     if params["directory"] and params["migrations"] is None:
         errors.append("migrations: missing; safe_migration must run through its action plugin, which fills it in")
+    if params["directory"] and (params["sql_files"] or params["sql_command"]):
+        errors.append("sql_files, sql_command: only with command (Mode 2); Mode 1 lints its directory")
+    errors += image_sql.pattern_errors("sql_files", params["sql_files"])
+    reviewing = params["sql_files"] or params["sql_command"]
+    if reviewing and params["tool_sql"] is None and not params["collect_tool_sql"]:
+        errors.append(
+            "tool_sql: missing; with sql_files or sql_command safe_migration must run through its action plugin"
+        )
     return errors
 
 
@@ -367,25 +481,32 @@ def run_backup(module, keywords: dict, planned: dict) -> dict:
     return dict(taken, taken=True, method="docker exec" if params["backup_container"] else "pg_dump")
 
 
-def run_versioned(module, connection, keywords: dict, result: dict) -> None:
+def review(module, connection, sources: list, result: dict, refusal: str) -> None:
+    """Judge the findings on this database: refuse (naming file, line, rule), warn, and list lifted rules."""
     params = module.params
-    schema, table = params["history_schema"], params["history_table"]
-    history = mig.read_history(connection, schema, table)
-    pending, applied = mig.plan(params["migrations"], history, params["out_of_order"])
-    refused, findings = mig.judge(pending, params["policy"], connection)
-    result.update(
-        applied=applied,
-        pending=[{key: item[key] for key in ("version", "file", "description", "transactional")} for item in pending],
-        findings=findings,
-    )
+    same_session = params["command"] is None
+    refused, findings, lifted = mig.judge(sources, params["policy"], connection, params["refuse_classes"], same_session)
+    result.update(findings=findings, lifted=lifted)
     if refused:
         raise mig.MigrationError(
-            f"{len(refused)} finding(s) refused, nothing was changed:\n"
+            f"{len(refused)} finding(s) refused, {refusal}:\n"
             + "\n".join(mig.describe_finding(finding) for finding in refused)
         )
     for finding in findings:
         if finding["verdict"] == "warned":
             module.warn(mig.describe_finding(finding))
+
+
+def run_versioned(module, connection, keywords: dict, result: dict) -> None:
+    params = module.params
+    schema, table = params["history_schema"], params["history_table"]
+    history = mig.read_history(connection, schema, table)
+    pending, applied = mig.plan(params["migrations"], history, params["out_of_order"])
+    result.update(
+        applied=applied,
+        pending=[{key: item[key] for key in ("version", "file", "description", "transactional")} for item in pending],
+    )
+    review(module, connection, pending, result, "nothing was changed")
     if not pending:
         return
     result["changed"] = True
@@ -418,7 +539,13 @@ def compose_run(module, argv: list, timeout: int) -> tuple[int, str, str]:
     compose = [docker, "compose", "--file", params["compose_file"]]
     if params["project_name"]:
         compose += ["--project-name", params["project_name"]]
-    full = [*compose, "run", "--rm", "--no-deps", "-T", "--name", name, params["service"], *argv]
+    environment = []
+    if params["tool_pgoptions"]:
+        # libpq clients in the container (psql, psycopg behind alembic or Django) read PGOPTIONS.
+        timeouts = {option: params[option].strip().replace(" ", "") for option in ("lock_timeout", "statement_timeout")}
+        pgoptions = " ".join(f"-c {option}={value}" for option, value in timeouts.items())
+        environment = ["--env", f"PGOPTIONS={pgoptions}"]
+    full = [*compose, "run", "--rm", "--no-deps", "-T", *environment, "--name", name, params["service"], *argv]
     try:
         completed = subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as error:
@@ -429,7 +556,47 @@ def compose_run(module, argv: list, timeout: int) -> tuple[int, str, str]:
     return completed.returncode, completed.stdout, completed.stderr
 
 
-def run_command_mode(module, keywords: dict, result: dict) -> None:
+def service_image(module) -> str:
+    """The image of O(service) in the release's compose file, unless O(image) names it."""
+    params = module.params
+    if params["image"]:
+        return params["image"]
+    docker = module.get_bin_path("docker", required=True)
+    compose = [docker, "compose", "--file", params["compose_file"]]
+    if params["project_name"]:
+        compose += ["--project-name", params["project_name"]]
+    completed = subprocess.run([*compose, "config", "--format", "json"], capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise mig.MigrationError(f"compose_file: {params['compose_file']}: {completed.stderr.strip()}")
+    image = (json.loads(completed.stdout).get("services", {}).get(params["service"]) or {}).get("image")
+    if not image:
+        raise mig.MigrationError(f"service: {params['service']} has no image in {params['compose_file']}; set image")
+    return image
+
+
+def collect_tool_sql(module) -> list:
+    """The SQL the app's tool is about to apply: new files of the new image, and what sql_command prints."""
+    params = module.params
+    collected = []
+    if params["sql_files"]:
+        docker = module.get_bin_path("docker", required=True)
+        try:
+            collected += image_sql.new_sql_files(
+                docker, service_image(module), params["previous_image"], params["sql_files"]
+            )
+        except image_sql.ImageError as error:
+            raise mig.MigrationError(f"sql_files: {error}") from error
+    if params["sql_command"]:
+        rc, stdout, stderr = compose_run(module, params["sql_command"], params["command_timeout"])
+        if rc != 0:
+            raise mig.MigrationError(
+                f"sql_command {' '.join(params['sql_command'])} exited {rc}: {stderr.strip() or stdout.strip()}"
+            )
+        collected.append({"source": f"output of {' '.join(params['sql_command'])}", "text": stdout})
+    return collected
+
+
+def run_command_mode(module, connection, keywords: dict, result: dict) -> None:
     params = module.params
     rc, stdout, stderr = compose_run(module, params["check_command"], params["command_timeout"])
     result.update(check_rc=rc, stdout=stdout, stderr=stderr)
@@ -440,6 +607,9 @@ def run_command_mode(module, keywords: dict, result: dict) -> None:
         )
     if rc == 0:
         return
+    if params["tool_sql"] is not None:
+        result["reviewed"] = [item["file"] for item in params["tool_sql"]]
+        review(module, connection, params["tool_sql"], result, f"{' '.join(params['command'])} did not run")
     result["changed"] = True
     result["backup"] = backup_plan(module, keywords, [])
     if module.check_mode:
@@ -466,6 +636,12 @@ def main():
     if errors:
         module.fail_json(msg="; ".join(errors))
     mode = "sql" if module.params["directory"] else "command"
+    if module.params["collect_tool_sql"]:
+        # The action plugin's first pass: read what the tool will apply; no database, no lock.
+        try:
+            module.exit_json(changed=False, mode=mode, tool_sql_collected=collect_tool_sql(module))
+        except mig.MigrationError as error:
+            module.fail_json(msg=str(error), mode=mode)
     result = {"changed": False, "mode": mode, "backup": {}, "queries": [], "migrations": [], "retries": []}
     keywords = pg.conninfo(module.params)
     try:
@@ -480,7 +656,7 @@ def main():
         if mode == "sql":
             run_versioned(module, connection, keywords, result)
         else:
-            run_command_mode(module, keywords, result)
+            run_command_mode(module, connection, keywords, result)
     except mig.MigrationError as error:
         module.fail_json(msg=str(error), **result)
     except pg.DatabaseError as error:

@@ -11,6 +11,9 @@ classified:
 - ``lock-heavy``: holds a lock that blocks reads or writes for as long as a scan, an index build or
   a table rewrite takes. Refused by the ``strict`` policy unless the file carries
   ``-- berth:allow lock-heavy reason="..."``; the ``warn`` policy lets it run with a warning.
+- ``unanalysable``: runs SQL the parser cannot see (a DO block, EXECUTE of a prepared statement,
+  a function called for its side effects), so nothing can say it is safe. Refused unless the file
+  carries ``-- berth:allow unanalysable reason="..."``.
 - ``error``: cannot run as written (a parse error, CONCURRENTLY or VACUUM inside a transactional
   file, transaction control inside a file, a malformed directive). Always refused.
 
@@ -34,6 +37,7 @@ try:
     import pglast
     from pglast import ast
     from pglast.enums import AlterTableType, ConstrType, ObjectType
+    from pglast.stream import RawStream
 
     HAS_PGLAST = True
 except ImportError:
@@ -41,9 +45,10 @@ except ImportError:
 
 DESTRUCTIVE = "destructive"
 LOCK_HEAVY = "lock-heavy"
+UNANALYSABLE = "unanalysable"
 ERROR = "error"
 ADVICE = "advice"
-ALLOWABLE_CLASSES = (DESTRUCTIVE, LOCK_HEAVY)
+ALLOWABLE_CLASSES = (DESTRUCTIVE, LOCK_HEAVY, UNANALYSABLE)
 
 DIRECTIVE = re.compile(r"^\s*--\s*berth:(?P<name>[\w-]+)(?P<rest>.*)$")
 PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]*$")
@@ -114,6 +119,31 @@ RULES = {
         "DROP NOT NULL lets NULLs in that the running release does not expect.",
         "Allow it once the running release handles NULL in that column.",
     ),
+    "unanalysable-do-block": (
+        UNANALYSABLE,
+        "A DO block runs procedural code (loops, dynamic SQL through EXECUTE) that the parser cannot see into, "
+        "so nothing here can tell what it drops, deletes or locks.",
+        "Write the statements out as plain SQL; if the block is needed, allow it with "
+        '-- berth:allow unanalysable reason="what it does and why that is safe".',
+    ),
+    "unanalysable-execute": (
+        UNANALYSABLE,
+        "EXECUTE runs a prepared statement whose text is not judged here.",
+        "Write the statement itself in the file.",
+    ),
+    "unanalysable-function-call": (
+        UNANALYSABLE,
+        "Calling a function (SELECT f(), CALL p()) for its effect runs SQL that is not in the file: "
+        "what it changes and locks cannot be seen.",
+        "Write what the function does as plain SQL, or allow the call with "
+        '-- berth:allow unanalysable reason="what the function does".',
+    ),
+    "overwrite-column": (
+        DESTRUCTIVE,
+        "ALTER COLUMN ... TYPE ... USING an expression that does not read the column replaces every value "
+        "of the column (and rewrites the table).",
+        "Add a new column, backfill it in batches, switch the code, drop the old column later.",
+    ),
     "create-index-non-concurrent": (
         LOCK_HEAVY,
         "CREATE INDEX without CONCURRENTLY blocks all writes to the table for the whole build.",
@@ -165,7 +195,8 @@ RULES = {
         LOCK_HEAVY,
         "Changing a column's type usually rewrites the table and its indexes under an ACCESS EXCLUSIVE lock.",
         "Add a new column of the new type, backfill in batches, switch the code, drop the old column later. "
-        "(varchar(n) to text or a longer varchar does not rewrite: allow it with a reason.)",
+        "(Raising or removing a varchar limit, varchar to text and other binary-coercible changes need no "
+        "rewrite: safe_migration reads the column's current type on the database and does not refuse those.)",
     ),
     "volatile-default": (
         LOCK_HEAVY,
@@ -196,8 +227,16 @@ RULES = {
     ),
     "alter-domain-add-constraint": (
         LOCK_HEAVY,
-        "ALTER DOMAIN ... ADD CONSTRAINT checks every column of that domain in every table.",
-        "ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT.",
+        "ALTER DOMAIN ... ADD CONSTRAINT (or SET NOT NULL) checks every row of every column of that domain, "
+        "holding a lock that blocks writes to those tables.",
+        "ADD CONSTRAINT ... NOT VALID, then VALIDATE CONSTRAINT in a later file.",
+    ),
+    "domain-with-check-column": (
+        LOCK_HEAVY,
+        "ADD COLUMN of a domain type that has CHECK or NOT NULL constraints checks the constraints against "
+        "every row, rewriting the table under an ACCESS EXCLUSIVE lock.",
+        "Add the column with the domain's base type, backfill, then switch the type in a maintenance window "
+        "(or add the column while the table is empty).",
     ),
     "validate-in-same-transaction": (
         LOCK_HEAVY,
@@ -264,7 +303,7 @@ RULES = {
     "bad-directive": (
         ERROR,
         "A berth: directive is malformed, unknown, or an allowance has no reason.",
-        'Use -- berth:no-transaction or -- berth:allow destructive|lock-heavy reason="why this is safe".',
+        'Use -- berth:no-transaction or -- berth:allow destructive|lock-heavy|unanalysable reason="why this is safe".',
     ),
 }
 
@@ -362,6 +401,263 @@ def split_statements(text: str) -> list:
     return statements
 
 
+# Functions a migration may call in a plain SELECT: their effect is known (none on data, or a
+# sequence or session setting). Any other call runs code this analysis cannot see.
+KNOWN_FUNCTIONS = {
+    "count", "sum", "min", "max", "avg", "now", "version", "current_setting", "set_config", "to_regclass",
+    "setval", "nextval", "currval", "pg_advisory_lock", "pg_advisory_unlock", "pg_advisory_xact_lock",
+    "pg_try_advisory_lock", "pg_try_advisory_xact_lock", "lower", "upper", "length", "char_length",
+    "format", "concat", "pg_sleep",
+}  # fmt: skip
+# Type names that are never a user's domain (pglast spells the SQL-standard ones pg_catalog.x).
+BUILTIN_TYPE_NAMES = {
+    "text", "uuid", "json", "jsonb", "bytea", "date", "timestamptz", "timetz", "inet", "cidr", "macaddr",
+    "money", "citext", "tsvector", "xml", "int", "integer", "bigint", "smallint", "serial", "bigserial",
+    "smallserial", "boolean", "real", "float8", "float4", "int2", "int4", "int8", "bool", "varchar",
+    "numeric", "timestamp", "interval", "time", "char", "name", "oid", "point", "daterange", "tstzrange",
+}  # fmt: skip
+COMPARISONS = {
+    "=": lambda a, b: a == b,
+    "<>": lambda a, b: a != b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+}
+TRUE_WORDS = {"t", "true", "y", "yes", "on", "1"}
+FALSE_WORDS = {"f", "false", "n", "no", "off", "0"}
+UNKNOWN = object()
+
+
+def sql_text(node) -> str:
+    """A node printed back as SQL, for findings."""
+    try:
+        return RawStream()(node)
+    except Exception:  # printing is best effort; the finding stands without it
+        return "?"
+
+
+def _constant(node):
+    """The value of an expression built from constants only (None for SQL NULL), else UNKNOWN."""
+    if isinstance(node, ast.A_Const):
+        if node.isnull:
+            return None
+        value = node.val
+        for attribute in ("boolval", "ival", "sval"):
+            if hasattr(value, attribute):
+                return getattr(value, attribute)
+        return float(value.fval) if hasattr(value, "fval") else UNKNOWN
+    if isinstance(node, ast.TypeCast) and node.typeName.names[-1].sval == "bool":
+        inner = _constant(node.arg)
+        if isinstance(inner, str) and inner.lower() in TRUE_WORDS | FALSE_WORDS:
+            return inner.lower() in TRUE_WORDS
+        return inner if isinstance(inner, bool) else UNKNOWN
+    if isinstance(node, ast.BoolExpr):
+        values = [_constant(arg) for arg in node.args]
+        if node.boolop.name == "NOT_EXPR":
+            return (not values[0]) if isinstance(values[0], bool) else UNKNOWN
+        if node.boolop.name == "AND_EXPR":
+            if False in values:
+                return False
+            return True if all(value is True for value in values) else UNKNOWN
+        if True in values:
+            return True
+        return False if all(value is False for value in values) else UNKNOWN
+    if isinstance(node, ast.A_Expr) and node.kind.name == "AEXPR_OP" and len(node.name) == 1:
+        compare = COMPARISONS.get(node.name[0].sval)
+        left, right = _constant(node.lexpr), _constant(node.rexpr)
+        if compare and UNKNOWN not in (left, right) and None not in (left, right):
+            try:
+                return compare(left, right)
+            except TypeError:
+                return UNKNOWN
+        # `id = id` holds for every row where id is not NULL.
+        if compare and node.name[0].sval == "=" and isinstance(node.lexpr, ast.ColumnRef) and node.lexpr == node.rexpr:
+            return True
+    if isinstance(node, ast.NullTest):
+        inner = _constant(node.arg)
+        if inner is not UNKNOWN:
+            return (inner is None) == (node.nulltesttype.name == "IS_NULL")
+    if isinstance(node, ast.SubLink) and node.subLinkType.name == "EXISTS_SUBLINK":
+        query = node.subselect
+        if isinstance(query, ast.SelectStmt) and not query.fromClause and query.whereClause is None:
+            return True
+    return UNKNOWN
+
+
+def _ctes(statement) -> dict:
+    clause = getattr(statement, "withClause", None)
+    return {cte.ctename: cte.ctequery for cte in (clause.ctes if clause else ())}
+
+
+def _reads_whole_table(query, table: str, ctes: dict) -> bool:
+    """A SELECT of every row of `table` (directly, or through a CTE that selects them all)."""
+    if not isinstance(query, ast.SelectStmt) or query.whereClause is not None or query.limitCount is not None:
+        return False
+    sources = query.fromClause or ()
+    if len(sources) != 1 or not isinstance(sources[0], ast.RangeVar):
+        return False
+    source = sources[0]
+    if source.schemaname is None and source.relname in ctes:
+        return _reads_whole_table(ctes[source.relname], table, {})
+    return table_name(source) == table
+
+
+def _refers_to_target(expression, names: set) -> bool:
+    """Whether a WHERE clause reads the row being changed (a column of the target, or unqualified)."""
+
+    def visit(node, in_subquery):
+        if isinstance(node, ast.ColumnRef):
+            fields = [getattr(field, "sval", None) for field in node.fields]
+            if len(fields) >= 2 and fields[-2] in names:
+                return True
+            return len(fields) == 1 and not in_subquery
+        if isinstance(node, ast.Node):
+            inner = in_subquery or isinstance(node, ast.SelectStmt)
+            return any(visit(getattr(node, attribute), inner) for attribute in node)
+        if isinstance(node, tuple):
+            return any(visit(item, in_subquery) for item in node)
+        return False
+
+    return visit(expression, False)
+
+
+def where_problem(statement) -> str | None:
+    """Why a DELETE or UPDATE changes every row although it may have a WHERE clause, else None."""
+    where = statement.whereClause
+    if where is None:
+        return "no WHERE clause"
+    if _constant(where) is True:
+        return f"WHERE {sql_text(where)} is always true"
+    target = table_name(statement.relation)
+    names = {statement.relation.relname, target}
+    if statement.relation.alias is not None:
+        names = {statement.relation.alias.aliasname}
+    if not _refers_to_target(where, names):
+        return f"WHERE {sql_text(where)} does not read the rows of {target}: it matches all of them or none"
+    ctes = _ctes(statement)
+    if (
+        isinstance(where, ast.SubLink)
+        and where.subLinkType.name == "ANY_SUBLINK"
+        and _reads_whole_table(where.subselect, target, ctes)
+    ):
+        return f"WHERE {sql_text(where)} selects every row of {target}"
+    return None
+
+
+def data_change_rules(node) -> list:
+    """DELETE/UPDATE/MERGE anywhere in a statement (CTEs, PREPARE, EXPLAIN ANALYZE, rules) that
+    change every row, as (rule, extra) pairs."""
+    if isinstance(node, ast.ExplainStmt) and not _has_option(node.options, "analyze"):
+        return []
+    rules = []
+    for inner in _walk(node):
+        if isinstance(inner, (ast.DeleteStmt, ast.UpdateStmt)):
+            problem = where_problem(inner)
+            if problem:
+                rule = "delete-without-where" if isinstance(inner, ast.DeleteStmt) else "update-without-where"
+                nested = "" if inner is node else " (inside another statement)"
+                rules.append((rule, {"table": table_name(inner.relation), "detail": f"{problem}{nested}"}))
+        elif isinstance(inner, ast.MergeStmt) and _constant(inner.joinCondition) is True:
+            for clause in inner.mergeWhenClauses or ():
+                kind = clause.commandType.name
+                if kind in ("CMD_DELETE", "CMD_UPDATE"):
+                    rule = "delete-without-where" if kind == "CMD_DELETE" else "update-without-where"
+                    detail = f"MERGE ... ON {sql_text(inner.joinCondition)} matches every row"
+                    rules.append((rule, {"table": table_name(inner.relation), "detail": detail}))
+    return rules
+
+
+def _function_name(call) -> str:
+    return ".".join(part.sval for part in call.funcname)
+
+
+def unanalysable_rules(node) -> list:
+    if isinstance(node, ast.DoStmt):
+        return [("unanalysable-do-block", {"detail": "DO block"})]
+    if isinstance(node, ast.ExecuteStmt):
+        return [("unanalysable-execute", {"detail": f"EXECUTE {node.name}"})]
+    if isinstance(node, ast.CallStmt):
+        return [("unanalysable-function-call", {"detail": f"CALL {_function_name(node.funccall)}"})]
+    if not isinstance(node, ast.SelectStmt):
+        return []
+    unknown = []
+    for inner in _walk(node):
+        if isinstance(inner, ast.FuncCall):
+            parts = [part.sval.lower() for part in inner.funcname]
+            known = parts[-1] in KNOWN_FUNCTIONS and (len(parts) == 1 or parts[0] == "pg_catalog")
+            if not known:
+                unknown.append(_function_name(inner))
+    if not unknown:
+        return []
+    names = ", ".join(dict.fromkeys(unknown))
+    return [("unanalysable-function-call", {"detail": f"SELECT calls {names}()"})]
+
+
+def _type_of(type_name) -> dict | None:
+    """{name, mods, text} of a type in ALTER COLUMN TYPE, when only integer modifiers follow it."""
+    if type_name.arrayBounds:
+        return None
+    parts = [part.sval for part in type_name.names]
+    mods = []
+    for modifier in type_name.typmods or ():
+        value = _constant(modifier)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        mods.append(value)
+    schema = parts[0] if len(parts) == 2 else None
+    return {"schema": schema, "name": parts[-1], "mods": mods, "text": sql_text(type_name)}
+
+
+def column_type_rules(command) -> list:
+    """changing-column-type, which the module lifts when the database says no rewrite is needed."""
+    column = command.def_
+    using = column.raw_default
+    if using is not None and not any(isinstance(node, ast.ColumnRef) for node in _walk(using)):
+        return [
+            ("overwrite-column", {"detail": f"USING {sql_text(using)} replaces every value of {command.name}"}),
+            ("changing-column-type", {"column": command.name}),
+        ]
+    new_type = _type_of(column.typeName)
+    if using is not None or column.collClause is not None or new_type is None:
+        reason = "a USING expression" if using is not None else "a COLLATE change" if column.collClause else ""
+        return [("changing-column-type", {"column": command.name, "detail": reason or None})]
+    return [("changing-column-type", {"column": command.name, "new_type": new_type, "unless_rewrite_free": True})]
+
+
+def domain_column_rules(column) -> list:
+    """ADD COLUMN of a type that may be a domain with constraints; the module asks the database."""
+    if column.typeName is None or column.typeName.arrayBounds:
+        return []
+    parts = [part.sval for part in column.typeName.names]
+    if parts[0] == "pg_catalog" or (len(parts) == 1 and parts[0].lower() in BUILTIN_TYPE_NAMES):
+        return []
+    extra = {"type_name": sql_name(*parts), "needs_constrained_domain": True, "needs_rows": True}
+    return [("domain-with-check-column", extra)]
+
+
+def domain_rules(node) -> list:
+    if node.subtype == "C" and isinstance(node.def_, ast.Constraint) and not node.def_.skip_validation:
+        action = f"ADD CONSTRAINT {node.def_.conname or ''}".strip()
+    elif node.subtype == "O":
+        action = "SET NOT NULL"
+    else:
+        return []
+    domain = sql_name(*(part.sval for part in node.typeName))
+    return [("alter-domain-add-constraint", {"domain": domain, "needs_domain_rows": True, "detail": action})]
+
+
+def reindex_target(node, transactional: bool) -> dict | None:
+    """What a REINDEX ... CONCURRENTLY rebuilds; a failed one leaves INVALID <index>_ccnew copies."""
+    if transactional or not isinstance(node, ast.ReindexStmt) or not _has_option(node.params, "concurrently"):
+        return None
+    kind = node.kind.name
+    if kind not in ("REINDEX_OBJECT_INDEX", "REINDEX_OBJECT_TABLE") or node.relation is None:
+        return None
+    return {"kind": "index" if kind == "REINDEX_OBJECT_INDEX" else "table", "name": table_name(node.relation)}
+
+
 def _constraint_rule(constraint) -> str | None:
     kind = constraint.contype
     if kind == ConstrType.CONSTR_FOREIGN and not constraint.skip_validation:
@@ -448,7 +744,7 @@ def _add_column_rules(column) -> list:
         rule = _constraint_rule(constraint)
         if rule:
             rules.append(rule)
-    return rules
+    return rules + domain_column_rules(column)
 
 
 def _alter_table_rules(node) -> list:
@@ -464,7 +760,7 @@ def _alter_table_rules(node) -> list:
         elif subtype == AlterTableType.AT_DropNotNull:
             rules.append("drop-not-null")
         elif subtype == AlterTableType.AT_AlterColumnType:
-            rules.append("changing-column-type")
+            rules.extend(column_type_rules(command))
         elif subtype == AlterTableType.AT_AddConstraint:
             rule = _constraint_rule(command.def_)
             if rule:
@@ -503,10 +799,8 @@ def statement_rules(node, transactional: bool) -> tuple[list, list]:
         return ["drop-database"] + (["needs-no-transaction"] if transactional else []), []
     if isinstance(node, ast.TruncateStmt):
         return ["truncate"], [table_name(relation) for relation in node.relations]
-    if isinstance(node, ast.DeleteStmt):
-        return ([] if node.whereClause is not None else ["delete-without-where"]), [table_name(node.relation)]
-    if isinstance(node, ast.UpdateStmt):
-        return ([] if node.whereClause is not None else ["update-without-where"]), [table_name(node.relation)]
+    if isinstance(node, (ast.DeleteStmt, ast.UpdateStmt, ast.MergeStmt)):
+        return [], [table_name(node.relation)]  # data_change_rules judges their WHERE
     if isinstance(node, ast.RenameStmt):
         tables = [table_name(node.relation)] if node.relation else []
         if node.renameType == ObjectType.OBJECT_COLUMN:
@@ -531,7 +825,7 @@ def statement_rules(node, transactional: bool) -> tuple[list, list]:
     if isinstance(node, ast.RefreshMatViewStmt):
         return ([] if node.concurrent else ["refresh-matview-non-concurrent"]), [table_name(node.relation)]
     if isinstance(node, ast.AlterDomainStmt):
-        return (["alter-domain-add-constraint"] if node.subtype == "C" else []), []
+        return domain_rules(node), []
     if isinstance(node, ast.TransactionStmt):
         return ["transaction-control"], []
     if isinstance(node, (ast.CreatedbStmt, ast.AlterSystemStmt)) and transactional:
@@ -598,8 +892,43 @@ def set_not_null_columns(node) -> list:
     return [command.name for command in node.cmds if command.subtype == AlterTableType.AT_SetNotNull]
 
 
-def analyse(name: str, text: str) -> dict:
-    """Statements, transaction mode, allowances and findings of one migration file."""
+# The app's own tool frames its SQL itself (alembic --sql prints BEGIN/COMMIT, prisma runs each file
+# its own way): transaction errors are the tool's business, not the file's.
+TOOL_FRAMING_RULES = {"transaction-control", "concurrently-in-transaction", "needs-no-transaction"}
+
+
+def _statement_findings(node, statement, transactional, created, locked) -> list:
+    rules, tables = statement_rules(node, transactional)
+    rules = rules + data_change_rules(node) + unanalysable_rules(node)
+    rules += same_transaction_rules(node, tables, locked) + advice_rules(node, transactional)
+    pairs = [rule if isinstance(rule, tuple) else (rule, {}) for rule in rules]
+    nested = [extra["table"] for rule, extra in pairs if extra.get("table")]
+    tables += [table for table in dict.fromkeys(nested) if table not in tables]
+    statement["tables"] = tables
+    not_null_columns = iter(set_not_null_columns(node))
+    findings = []
+    for rule, extra in pairs:
+        extra = dict(extra)
+        table = extra.pop("table", tables[0] if tables else None)
+        if rule == "adding-required-field":
+            extra["needs_rows"] = True
+        elif rule == "set-not-null":
+            # With a validated CHECK (col IS NOT NULL) PostgreSQL skips the scan; the module looks.
+            extra.update(column=next(not_null_columns), unless_not_null_checked=True)
+        # A table this file created cannot be in use yet: nothing it does there blocks anyone.
+        fresh = table is not None and table in created and all(name in created for name in tables)
+        if fresh and RULES[rule][0] in ALLOWABLE_CLASSES:
+            continue
+        findings.append(_finding(rule, statement, table, **extra))
+    return findings
+
+
+def analyse(name: str, text: str, tool: bool = False) -> dict:
+    """Statements, transaction mode, allowances and findings of one migration file.
+
+    ``tool``: SQL that the app's own migration tool applies (a file of its image, or what it prints):
+    it runs in a transaction when it opens one itself, and its BEGIN/COMMIT are not findings.
+    """
     transactional, allowances, directive_errors = parse_directives(text)
     findings = [
         _finding("bad-directive", {"line": line, "sql": message}, detail=message) for line, message in directive_errors
@@ -611,28 +940,20 @@ def analyse(name: str, text: str) -> dict:
         line = text[:position].count("\n") + 1
         findings.append(_finding("parse-error", {"line": line, "sql": ""}, detail=error.args[0]))
         statements = []
+    if tool:
+        transactional = any(isinstance(statement["node"], ast.TransactionStmt) for statement in statements)
     created, locked = set(), set()
     for statement in statements:
         node = statement.pop("node")
-        rules, tables = statement_rules(node, transactional)
-        rules += same_transaction_rules(node, tables, locked) + advice_rules(node, transactional)
-        statement["tables"] = tables
+        for finding in _statement_findings(node, statement, transactional, created, locked):
+            if not (tool and finding["rule"] in TOOL_FRAMING_RULES):
+                findings.append(finding)
         index = concurrent_index_name(node)
         if index:
             statement["index"] = index
-        fresh = bool(tables) and all(table in created for table in tables)
-        not_null_columns = iter(set_not_null_columns(node))
-        for rule in rules:
-            extra = {}
-            if rule == "adding-required-field":
-                extra = {"needs_rows": True}
-            elif rule == "set-not-null":
-                # With a validated CHECK (col IS NOT NULL) PostgreSQL skips the scan; the module looks.
-                extra = {"column": next(not_null_columns), "unless_not_null_checked": True}
-            # A table this file created cannot be in use yet: nothing it does there blocks anyone.
-            if fresh and RULES[rule][0] in ALLOWABLE_CLASSES:
-                continue
-            findings.append(_finding(rule, statement, tables[0] if tables else None, **extra))
+        reindex = reindex_target(node, transactional)
+        if reindex:
+            statement["reindex"] = reindex
         new_table = created_table(node)
         if new_table:
             created.add(new_table)
@@ -646,6 +967,23 @@ def analyse(name: str, text: str) -> dict:
         "statements": statements,
         "findings": sorted(findings, key=lambda finding: finding["line"]),
     }
+
+
+def review_tool_sql(collected: list) -> list:
+    """The analysis of the SQL the app's own tool will apply, as the module's ``tool_sql`` option:
+    per source (a file of the new image, or the output of sql_command) its findings and allowances."""
+    reviewed = []
+    for item in collected:
+        result = analyse(item["source"], item["text"], tool=True)
+        reviewed.append(
+            {
+                "file": item["source"],
+                "checksum": hashlib.sha256(item["text"].encode()).hexdigest(),
+                "allowances": result["allowances"],
+                "findings": result["findings"],
+            }
+        )
+    return reviewed
 
 
 class MigrationFileError(ValueError):

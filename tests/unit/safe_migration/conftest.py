@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -49,3 +50,44 @@ def migrations(tmp_path):
 
     write.directory = directory
     return write
+
+
+# Mode 2: an app image whose migration tool is psql (test_command_mode.py, test_command_review.py).
+IMAGE = "berth-safe-migration-test-app:latest"
+
+# The app image's migration tool: psql scripts standing in for alembic/prisma. `status` follows
+# the module's contract (0: up to date, 1: pending).
+DOCKERFILE = """\
+FROM berth/debian13-base:latest
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client \\
+    && rm -rf /var/lib/apt/lists/*
+COPY migrate status /usr/local/bin/
+"""
+MIGRATE = """\
+#!/bin/sh
+set -e
+psql -v ON_ERROR_STOP=1 -q <<'SQL'
+CREATE TABLE IF NOT EXISTS app_migrations (version int PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS widgets (id int PRIMARY KEY, name text);
+INSERT INTO app_migrations VALUES (1), (2) ON CONFLICT DO NOTHING;
+SQL
+echo "migrated to version 2"
+"""
+STATUS = """\
+#!/bin/sh
+version=$(psql -tAc 'SELECT max(version) FROM app_migrations' 2>/dev/null) || version=0
+[ "$version" = 2 ] && exit 0
+echo "pending: database at version ${version:-0}, image at 2"
+exit 1
+"""
+
+
+@pytest.fixture(scope="session")
+def app_image(tmp_path_factory):
+    context = tmp_path_factory.mktemp("app-image")
+    (context / "Dockerfile").write_text(DOCKERFILE)
+    for name, script in (("migrate", MIGRATE), ("status", STATUS)):
+        (context / name).write_text(script)
+        (context / name).chmod(0o755)
+    subprocess.run(["docker", "build", "--quiet", "--tag", IMAGE, str(context)], check=True, capture_output=True)
+    return IMAGE

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +99,19 @@ def stop_cluster(cluster: Cluster) -> None:
 def module_process(
     args: dict, tmp_path: Path, check_mode: bool = False, environment: dict | None = None
 ) -> subprocess.Popen:
-    """Start the module with its arguments file; Mode 1 first runs the controller-side loader."""
+    """Start the module with its arguments file, after what the action plugin does first: Mode 1 runs
+    the controller-side loader; Mode 2 with sql_files or sql_command runs the module's collecting pass
+    and reviews what it read."""
     args = dict(args)
     if "directory" in args:
         args["migrations"] = analysis.load_directory(str(args["directory"]))
         args["directory"] = str(args["directory"])
+    if (args.get("sql_files") or args.get("sql_command")) and not args.get("collect_tool_sql"):
+        collecting = module_process(dict(args, collect_tool_sql=True), tmp_path, check_mode, environment)
+        collected = result_of(collecting, 120)
+        if collected.get("failed"):
+            return _exited(collected)
+        args["tool_sql"] = analysis.review_tool_sql(collected["tool_sql_collected"])
     if check_mode:
         args["_ansible_check_mode"] = True
     args_file = tmp_path / f"args-{uuid.uuid4().hex[:8]}.json"
@@ -118,6 +127,16 @@ def module_process(
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+    )
+
+
+def _exited(result: dict) -> subprocess.Popen:
+    """A finished process that printed `result`, for a collecting pass that already failed."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdout.write(sys.argv[1])", json.dumps(result)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -197,4 +216,39 @@ def hold_lock_on_accounts(database, release: threading.Event, sql: str = "SELECT
     thread = threading.Thread(target=hold)
     thread.start()
     assert ready.wait(10)
+    return thread
+
+
+def wait_for(database, sql: str, deadline: float = 60) -> None:
+    """Poll until `sql` (a boolean query) is true, so a test follows the module rather than the clock."""
+    end = time.monotonic() + deadline
+    with database.connect(autocommit=True) as connection:
+        while not connection.execute(sql).fetchone()[0]:
+            if time.monotonic() > end:
+                raise AssertionError(f"not true within {deadline:g} s: {sql}")
+            time.sleep(0.02)
+
+
+MIGRATION_WAITS_FOR_A_LOCK = (
+    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE application_name LIKE 'berth.safe_migration@%' "
+    "AND wait_event_type = 'Lock')"
+)
+RUNNERS_CONNECTED = (
+    "SELECT count(*) >= {count} FROM pg_stat_activity WHERE application_name LIKE 'berth.safe_migration@%'"
+)
+
+
+def release_after_a_lock_timeout(database, release: threading.Event, lock_timeout: float) -> threading.Thread:
+    """Set `release` once the migration was seen waiting for a lock and had time to hit lock_timeout,
+    however long the module process took to start (the machine may be busy)."""
+
+    def watch():
+        try:
+            wait_for(database, MIGRATION_WAITS_FOR_A_LOCK)
+            time.sleep(lock_timeout * 3)
+        finally:
+            release.set()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
     return thread

@@ -155,7 +155,8 @@ def test_advice_warns_and_never_refuses_even_under_strict():
     text = "CREATE TABLE tags (id int);\nALTER TABLE tags ADD COLUMN label varchar(10);\n"
     migration = dict(analysis.analyse("V5__tags.sql", text), file="V5__tags.sql")
     assert [finding["line"] for finding in migration["findings"]] == [1, 2], "advice holds on a fresh table too"
-    refused, judged = mig.judge([migration], "strict", connection=None)
+    refused, judged, lifted = mig.judge([migration], "strict", connection=None)
+    assert lifted == []
     assert refused == []
     assert {finding["verdict"] for finding in judged} == {"warned"}
 

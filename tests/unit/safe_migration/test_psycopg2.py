@@ -10,7 +10,14 @@ from __future__ import annotations
 import threading
 
 import pytest
-from safe_migration_harness import ACCOUNTS, columns, hold_lock_on_accounts, module_process, result_of
+from safe_migration_harness import (
+    ACCOUNTS,
+    columns,
+    hold_lock_on_accounts,
+    module_process,
+    release_after_a_lock_timeout,
+    result_of,
+)
 
 
 @pytest.fixture
@@ -39,7 +46,7 @@ def test_psycopg2_applies_retries_and_reports_server_errors(database, migrations
     broken.write_text("ALTER TABLE accounts ADD COLUMN status text;\n")
     release = threading.Event()
     holder = hold_lock_on_accounts(database, release)
-    threading.Timer(1.0, release.set).start()
+    release_after_a_lock_timeout(database, release, lock_timeout=0.2)
     applied = run_with_psycopg2(
         database.params(directory=migrations.directory, lock_timeout="200ms", retry_delay=0.2, lock_retries=8)
     )

@@ -10,7 +10,18 @@ import subprocess
 import threading
 import time
 
-from safe_migration_harness import ACCOUNTS, PASSWORD, columns, hold_lock_on_accounts, module_process, result_of
+from safe_migration_harness import (
+    ACCOUNTS,
+    MIGRATION_WAITS_FOR_A_LOCK,
+    PASSWORD,
+    RUNNERS_CONNECTED,
+    columns,
+    hold_lock_on_accounts,
+    module_process,
+    release_after_a_lock_timeout,
+    result_of,
+    wait_for,
+)
 
 
 def test_apply_then_reapply_is_unchanged(database, migrations, run_module):
@@ -74,17 +85,26 @@ def test_out_of_order_is_refused_unless_allowed(database, migrations, run_module
 
 
 def test_second_runner_waits_then_fails_naming_the_holder(database, migrations, tmp_path, run_module):
-    migrations("V1__slow.sql", "SELECT pg_sleep(3);\n")
-    slow = module_process(database.params(directory=migrations.directory), tmp_path)
-    time.sleep(1)
+    # The first runner's migration waits at a gate the test holds (advisory lock 42), so the others
+    # meet its runner lock however slowly their processes start.
+    migrations("V1__slow.sql", "SELECT pg_advisory_xact_lock(42);\n")
+    params = database.params(directory=migrations.directory)
+    with database.connect(autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(42)")
+        slow = module_process(dict(params, lock_timeout="60s"), tmp_path)
+        wait_for(database, MIGRATION_WAITS_FOR_A_LOCK)
+        patient_process = module_process(dict(params, lock_wait_timeout=30), tmp_path)
 
-    impatient = run_module(database.params(directory=migrations.directory, lock_wait_timeout=0.5))
-    assert impatient["failed"] is True
-    assert "another migration holds the advisory lock" in impatient["msg"]
-    assert "berth.safe_migration@" in impatient["msg"]
-    assert "pid " in impatient["msg"]
+        impatient = run_module(dict(params, lock_wait_timeout=0.5))
+        assert impatient["failed"] is True
+        assert "another migration holds the advisory lock" in impatient["msg"]
+        assert "berth.safe_migration@" in impatient["msg"]
+        assert "pid " in impatient["msg"]
 
-    patient = run_module(database.params(directory=migrations.directory, lock_wait_timeout=30))
+        wait_for(database, RUNNERS_CONNECTED.format(count=2))
+        time.sleep(0.5)
+        gate.execute("SELECT pg_advisory_unlock(42)")
+    patient = result_of(patient_process)
     assert result_of(slow)["changed"] is True
     assert patient["changed"] is False
     assert patient["lock_wait_seconds"] > 0.3
@@ -97,7 +117,7 @@ def test_lock_timeout_retries_until_the_long_transaction_ends(database, migratio
     migrations("V2__status.sql", "ALTER TABLE accounts ADD COLUMN status text;\n")
     release = threading.Event()
     holder = hold_lock_on_accounts(database, release)
-    threading.Timer(1.5, release.set).start()
+    release_after_a_lock_timeout(database, release, lock_timeout=0.2)
 
     result = run_module(
         database.params(directory=migrations.directory, lock_timeout="200ms", retry_delay=0.3, lock_retries=8)
@@ -182,7 +202,7 @@ def test_a_concurrent_index_build_that_timed_out_is_rebuilt_not_kept_invalid(dat
     # for it, leaving an INVALID index that a plain retry with IF NOT EXISTS would silently keep.
     release = threading.Event()
     holder = hold_lock_on_accounts(database, release, "INSERT INTO accounts (email) VALUES ('late@example.test')")
-    threading.Timer(1.5, release.set).start()
+    release_after_a_lock_timeout(database, release, lock_timeout=0.2)
 
     result = run_module(
         database.params(directory=migrations.directory, lock_timeout="200ms", retry_delay=0.3, lock_retries=8)
