@@ -3,6 +3,9 @@
   (a) naive:   `docker compose up -d` with the new image (what most deploys do today)
   (b) berth:   berth.stack.compose_rollout from v1 to v2 (health-gated blue/green behind nginx)
   (c) failing: berth.stack.compose_rollout to v3, whose health says 200 but database disconnected
+  (d) no-op:   berth.stack.compose_rollout of the serving v2 again (nothing to do), and, when the
+               `make demo` target runs, `ansible-playbook playbooks/app.yml -i inventories/local`
+               with nothing changed (wall time of the whole playbook; target 10 s)
 
 Everything runs on this machine: the demo images (make prepare), PostgreSQL in a container, and an
 nginx started here with its own prefix on 127.0.0.1:18240. The load is a paced Python client
@@ -38,6 +41,8 @@ PREFIX = "crbench"
 NETWORK = f"{PREFIX}-net"
 NGINX_PORT, PLACEHOLDER_PORT, DATABASE_PORT, NAIVE_PORT = 18240, 18241, 18261, 18234
 PORTS = {"blue": 18230, "green": 18231}
+WATCH_SECONDS = 10
+DEMO_CONTAINER = "berth-demo"
 DATABASE_ENV = {"PGHOST": f"{PREFIX}-db", "PGUSER": "demo", "PGPASSWORD": "crbench", "PGDATABASE": "demo"}
 
 
@@ -226,6 +231,8 @@ def rollout(work: Path, nginx: list[str], version: str):
         "nginx_test_command": [*nginx, "-t", "-q"],
         "nginx_reload_command": [*nginx, "-s", "reload"],
         "drain_seconds": 2,
+        # Shorter than the default 30 s, so the benchmark's load phases stay short.
+        "watch_seconds": WATCH_SECONDS,
         "stop_timeout": 5,
         "services": [
             {
@@ -271,6 +278,22 @@ def rollout(work: Path, nginx: list[str], version: str):
     seconds = time.monotonic() - begun
     result = json.loads(completed.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     return result, result.get("timings", {}).get("total", seconds)
+
+
+def demo_noop_seconds():
+    """Wall seconds of playbooks/app.yml against the running demo target with nothing to change (it is run
+    once first, so the second run has nothing to do), or None without a demo target."""
+    running = sh("docker", "inspect", "--format", "{{.State.Running}}", DEMO_CONTAINER, check=False)
+    if running.stdout.strip() != "true":
+        return None
+    argv = [shutil.which("ansible-playbook") or str(REPO / ".venv/bin/ansible-playbook")]
+    argv += [str(REPO / "playbooks" / "app.yml"), "-i", str(REPO / "inventories" / "local")]
+    sh(*argv, cwd=REPO, timeout=900)
+    begun = time.monotonic()
+    completed = sh(*argv, cwd=REPO, timeout=900)
+    seconds = time.monotonic() - begun
+    recap = [line for line in completed.stdout.splitlines() if line.startswith(DEMO_CONTAINER)]
+    return seconds, (recap[-1].split(":", 1)[1].split() if recap else [])
 
 
 def measure(load_args, action, settle=2.0):
@@ -325,6 +348,10 @@ def main() -> int:
                 else "DEPLOYED"
             )
             rows.append(("(c) berth rollout to broken v3", summary, seconds, outcome))
+            begun = time.monotonic()
+            summary, (result, _seconds) = measure(load_args, lambda: rollout(work, nginx, "v2"), settle=0.5)
+            outcome = "changed" if result.get("changed") else "unchanged"
+            rows.append(("(d) berth rollout of serving v2 again", summary, time.monotonic() - begun - 1.0, outcome))
         finally:
             sh(*nginx, "-s", "quit", check=False)
             cleanup()
@@ -345,6 +372,12 @@ def main() -> int:
     for name, summary, _seconds, _outcome in rows:
         if summary["failures"]:
             print(f"failed requests of {name}: {summary['failures']}")
+    print(f"(b) and (c) use a {WATCH_SECONDS:g} s watch window; (d)'s rollout s is the playbook's wall time.")
+    demo = demo_noop_seconds()
+    if demo is None:
+        print(f"no-op playbooks/app.yml on the demo: no {DEMO_CONTAINER} container (run `make demo` first)")
+    else:
+        print(f"no-op playbooks/app.yml on the demo: {demo[0]:.1f} s wall (target 10 s); recap {' '.join(demo[1])}")
     return 0
 
 

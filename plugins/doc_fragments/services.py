@@ -93,9 +93,22 @@ options:
             C([a-z0-9_]) as C(_). When both are unset the service is not behind nginx.
         type: str
       health_timeout:
-        description: Seconds to wait for the service's containers to be running and C(healthy).
+        description:
+          - Seconds to wait for the service's containers to be running and C(healthy), the boot grace included.
+          - It does not make a Docker C(unhealthy) or a stopped container wait; those end the gate at once (after
+            the grace). For a slow boot, set O(services[].boot_grace).
         type: float
         default: 120
+      boot_grace:
+        description:
+          - "The one knob for a slow boot: seconds from the start of the service's containers during which a Docker
+            C(unhealthy) is not final and failed probes on the new color's ports do not count toward
+            O(services[].probes[].failures). A stopped container still ends the gate at once."
+          - The P(berth.stack.compose_app#role) role also renders it as the healthcheck's C(start_period) (unless
+            O(services[].healthcheck) sets one), so Docker does not count failures inside the grace either.
+          - Below O(services[].health_timeout).
+        type: float
+        default: 0
       probes:
         description: HTTP probes against every replica of the new color, then through nginx after the switch.
         type: list
@@ -123,12 +136,20 @@ options:
             description: Consecutive successful answers needed (at least 1).
             type: int
             default: 3
+          failures:
+            description:
+              - Consecutive failed answers after which the probe fails (at least 1), in the gates before the switch,
+                through nginx and in the watch window, so a failing color is judged in seconds, not at the timeout.
+            type: int
+            default: 3
           interval:
             description: Seconds between two requests.
             type: float
             default: 1
           timeout:
-            description: Seconds after which the probe gives up.
+            description:
+              - Seconds after which the probe gives up when it neither passed nor failed
+                O(services[].probes[].failures) times in a row.
             type: float
             default: 60
           request_timeout:

@@ -78,21 +78,41 @@ def probe(url, method="GET", status=200, expression=None, headers=None, timeout=
     return result
 
 
-def probe_until(check, successes=3, interval=1.0, timeout=60.0, clock=time.monotonic, sleep=time.sleep):
+def probe_until(
+    check,
+    successes=3,
+    interval=1.0,
+    timeout=60.0,
+    clock=time.monotonic,
+    sleep=time.sleep,
+    failures=None,
+    abort=None,
+    count_failures_from=None,
+):
     """Call ``check()`` (returning a probe() dict) until it succeeds ``successes`` times in a row.
 
     A failure resets the count. Gives up when the next attempt would start after ``timeout``
-    seconds. Returns (passed, attempts, last_result).
+    seconds, after ``failures`` failures in a row (None: only at the timeout; failures before the
+    clock reads ``count_failures_from``, a boot grace, do not count), or as soon as ``abort()``
+    returns a reason (a container that exited: no answer will ever come), which then joins the last
+    result's reason. Returns (passed, attempts, last_result).
     """
     deadline = clock() + timeout
-    streak = attempts = 0
+    streak = failed = attempts = 0
     last = None
     while True:
         last = check()
         attempts += 1
         streak = streak + 1 if last["ok"] else 0
+        counted = count_failures_from is None or clock() >= count_failures_from
+        failed = 0 if last["ok"] else failed + counted
         if streak >= successes:
             return True, attempts, last
+        if failures is not None and failed >= failures:
+            return False, attempts, {**last, "reason": f"{last.get('reason')} ({failed} failures in a row)"}
+        reason = abort() if abort is not None and not last["ok"] else None
+        if reason:
+            return False, attempts, {**last, "reason": f"{last.get('reason')}; {reason}"}
         if clock() + interval > deadline:
             return False, attempts, last
         sleep(interval)

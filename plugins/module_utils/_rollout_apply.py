@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """compose_rollout's side effects: what it observes before planning, and ``apply(plan)``.
 
-``apply`` starts the new color service by service behind its gates, switches the upstream files,
-probes through nginx, records the release, drains and stops the old color. Every failure leaves
+``apply`` starts the new color service by service behind its gates, checks it once more right before
+switching the upstream files, probes through nginx, watches the new color for a window while the old
+one still runs, then records the release and stops the old color. Every failure leaves
 through ``unwind()``, which stops the new color where it does not serve and raises RolloutFailed
 with the message naming the step; the partial results (gates, commands, timings) stay in ``result``.
 
@@ -26,6 +27,16 @@ from ansible_collections.berth.stack.plugins.module_utils import _rollout_plan a
 from ansible_collections.berth.stack.plugins.module_utils import _service_model as model
 
 HEALTH_POLL_SECONDS = 0.5
+# The longest pause between two rounds of the watch window (a probe with a shorter interval shortens it).
+WATCH_POLL_SECONDS = 0.5
+
+
+class WatchFailed(Exception):
+    """A failure in the watch window, raised before its diagnostics are gathered: traffic goes back first."""
+
+    def __init__(self, gate):
+        super().__init__(gate["gate"])
+        self.gate = gate
 
 
 class RolloutFailed(Exception):
@@ -117,23 +128,46 @@ def still_serving(run, plan):
     return set(plan["listed"]) <= {doc["Config"]["Labels"].get(docker.COMPOSE_LABEL_SERVICE) for doc in documents}
 
 
-def wait_healthy(run, project, service, timeout):
-    """Wait until the service's containers run and are healthy; return (passed, documents, reason)."""
-    deadline = time.monotonic() + timeout
+def _container_reason(documents):
+    """Why a service's containers cannot serve as they are (stopped, unhealthy), or None."""
+    container_states = [docker.container_state(doc) for doc in documents]
+    if not documents:
+        return "no container was created"
+    if any(status in ("exited", "dead") for status, _health in container_states):
+        return "a container stopped: " + ", ".join(status for status, _health in container_states)
+    if any(health_status == "unhealthy" for _status, health_status in container_states):
+        return "Docker reports the HEALTHCHECK unhealthy"
+    return None
+
+
+def container_trouble(run, project, service=None):
+    """Why the project's (or one service's) containers cannot serve now, or None while they can."""
+    try:
+        return _container_reason(docker.containers(run, project, service))
+    except docker.DockerError as exc:
+        return f"Docker could not be asked about {project}: {exc}"
+
+
+def wait_healthy(run, project, service, timeout, boot_grace=0):
+    """Wait until the service's containers run and are healthy; return (passed, documents, reason).
+
+    A stopped container ends the wait at once. Docker's "unhealthy" does too, except inside the
+    boot grace (seconds from the start), where the app may still be booting.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         documents = docker.containers(run, project, service)
         container_states = [docker.container_state(doc) for doc in documents]
-        if not documents:
-            reason = "no container was created"
-        elif any(status in ("exited", "dead") for status, _health in container_states):
-            return False, documents, "a container stopped: " + ", ".join(status for status, _health in container_states)
-        elif any(health_status == "unhealthy" for _status, health_status in container_states):
-            return False, documents, "Docker reports the HEALTHCHECK unhealthy"
-        elif all(
+        reason = _container_reason(documents)
+        in_grace = time.monotonic() - started < boot_grace
+        if reason and documents and not (in_grace and reason.endswith("unhealthy")):
+            return False, documents, reason
+        if documents and all(
             status == "running" and health_status in (None, "healthy") for status, health_status in container_states
         ):
             return True, documents, None
-        else:
+        if documents:
             reason = "still " + ", ".join(
                 f"{status}/{health_status or 'no healthcheck'}" for status, health_status in container_states
             )
@@ -155,10 +189,16 @@ def diagnostics(run, documents):
     ]
 
 
+def last_line(text):
+    """The last non-empty line of a HEALTHCHECK's output: the error, not the Python traceback above it."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
 def gate_failure_message(gate, containers):
     service, color = gate["service"], gate["color"]
-    if gate["gate"] == "health":
-        what = f"health gate failed for service {service!r} on color {color}: {gate['reason']}"
+    if "reason" in gate:
+        what = f"{gate['gate']} gate failed for service {service!r} on color {color}: {gate['reason']}"
     else:
         last = gate["last"]
         expectation = f"status {gate['status']}" + (f" and {gate['expect']!r}" if gate["expect"] else "")
@@ -169,7 +209,9 @@ def gate_failure_message(gate, containers):
         )
     parts = [what]
     for item in containers:
-        health_lines = "; ".join(f"exit {e['exit_code']}: {e['output']}" for e in item["health_log"]) or "none"
+        health_lines = (
+            "; ".join(f"exit {e['exit_code']}: {last_line(e['output'])}" for e in item["health_log"]) or "none"
+        )
         parts.append(f"{item['container']} ({item['state']}) health log: {health_lines}")
         parts.append(f"{item['container']} last log lines: " + " | ".join(item["log_tail"]))
     return ". ".join(parts)
@@ -177,32 +219,77 @@ def gate_failure_message(gate, containers):
 
 def gate_failed(plan, run, gate, documents=None):
     """Raise the failure of ``gate`` with the health log and last log lines of the service's containers."""
+    raise explained(plan, run, gate, documents)
+
+
+def explained(plan, run, gate, documents=None):
+    """RolloutFailed for ``gate``, with the health log and last log lines of the service's containers."""
     if documents is None:
         try:
             documents = docker.containers(run, plan["project"], gate["service"])
         except docker.DockerError:
             documents = []
-    raise RolloutFailed(gate_failure_message(gate, diagnostics(run, documents)), failed_gate=gate)
+    containers = diagnostics(run, documents)
+    # The health logs in full (a HEALTHCHECK's Python traceback, say): shown with -vvv only.
+    full = [f"{item['container']}: {entry['output']}" for item in containers for entry in item["health_log"]]
+    details = (
+        {"exception": "\n".join(full)} if any(entry["output"] for c in containers for entry in c["health_log"]) else {}
+    )
+    return RolloutFailed(gate_failure_message(gate, containers), failed_gate=gate, **details)
 
 
-def probe_gate(plan, run, gates, kind, service, probe, url, host_header=None):
-    """One HTTP gate (``http`` on a replica's port, ``nginx`` through nginx): recorded, and raised when it fails."""
+def probe_once(probe, url, host_header=None):
     headers = dict(probe["headers"])
     if host_header:
         headers["Host"] = host_header
+    return health.probe(url, probe["method"], probe["status"], probe["expression"], headers, probe["request_timeout"])
 
-    def once():
-        return health.probe(
-            url, probe["method"], probe["status"], probe["expression"], headers, probe["request_timeout"]
-        )
 
-    passed, attempts, last = health.probe_until(once, probe["successes"], probe["interval"], probe["timeout"])
+def probe_failure(plan, kind, service, probe, url, attempts, last):
+    gate = {"gate": kind, "service": service["name"], "color": plan["color"], "passed": False}
+    gate.update(attempts=attempts, last=last, url=url)
+    gate.update({key: probe[key] for key in ("method", "status", "expect", "successes", "failures")})
+    return gate
+
+
+def probe_gate(plan, run, gates, kind, service, probe, url, host_header=None, grace_until=None):
+    """One HTTP gate (``http`` on a replica's port, ``nginx`` through nginx): recorded, and raised when it
+    fails: ``failures`` failures in a row (not counted before ``grace_until``), the timeout, or a
+    container of the service that stopped."""
+
+    def stopped():
+        reason = container_trouble(run, plan["project"], service["name"])
+        return reason if reason and "unhealthy" not in reason else None
+
+    passed, attempts, last = health.probe_until(
+        lambda: probe_once(probe, url, host_header),
+        probe["successes"],
+        probe["interval"],
+        probe["timeout"],
+        failures=probe["failures"],
+        abort=stopped,
+        count_failures_from=grace_until,
+    )
     gates.append({"gate": kind, "service": service["name"], "url": url, "passed": passed, "attempts": attempts})
     if not passed:
-        gate = {"gate": kind, "service": service["name"], "color": plan["color"], "passed": passed}
-        gate.update(attempts=attempts, last=last, url=url)
-        gate.update({key: probe[key] for key in ("method", "status", "expect", "successes")})
-        gate_failed(plan, run, gate)
+        gate_failed(plan, run, probe_failure(plan, kind, service, probe, url, attempts, last))
+
+
+def direct_urls(plan, service, probe):
+    return [f"http://127.0.0.1:{port}{probe['path']}" for port in model.service_ports(service, plan["color"])]
+
+
+def nginx_probes(plan):
+    """(service, probe, url) of every probe through nginx; none without nginx_url or upstreams."""
+    settings = plan["settings"]
+    if not settings["nginx_url"]:
+        return []
+    return [
+        (service, probe, settings["nginx_url"] + (probe["nginx_path"] or probe["path"]))
+        for service in plan["services"]
+        if service["upstream"]
+        for probe in service["probes"]
+    ]
 
 
 def start_and_gate(plan, run, gates):
@@ -218,27 +305,87 @@ def start_and_gate(plan, run, gates):
             plan["environment"],
             remove_orphans=index == last,
         )
-        passed, documents, reason = wait_healthy(run, plan["project"], service["name"], service["health_timeout"])
+        passed, documents, reason = wait_healthy(
+            run, plan["project"], service["name"], service["health_timeout"], service["boot_grace"]
+        )
         seconds = round(time.monotonic() - started, 2)
         gates.append({"gate": "health", "service": service["name"], "passed": passed, "seconds": seconds})
         if not passed:
             gate = {"gate": "health", "service": service["name"], "color": plan["color"], "reason": reason}
             gate_failed(plan, run, gate, documents)
         for probe in service["probes"]:
-            for port in model.service_ports(service, plan["color"]):
-                probe_gate(plan, run, gates, "http", service, probe, f"http://127.0.0.1:{port}{probe['path']}")
+            for url in direct_urls(plan, service, probe):
+                probe_gate(plan, run, gates, "http", service, probe, url, grace_until=started + service["boot_grace"])
+
+
+def recheck_before_switch(plan, run, gates):
+    """Right before the switch: every service of the color still runs (healthy), and answers each probe
+    once on its own ports. A release that broke since its gate never receives traffic."""
+    for service in plan["services"]:
+        reason = container_trouble(run, plan["project"], service["name"])
+        if reason:
+            gate_failed(
+                plan, run, {"gate": "recheck", "service": service["name"], "color": plan["color"], "reason": reason}
+            )
+        for probe in service["probes"]:
+            for url in direct_urls(plan, service, probe):
+                last = probe_once(probe, url)
+                gates.append({"gate": "recheck", "service": service["name"], "url": url, "passed": last["ok"]})
+                if not last["ok"]:
+                    gate_failed(plan, run, probe_failure(plan, "recheck", service, probe, url, 1, last))
 
 
 def probe_through_nginx(plan, run, gates):
-    settings = plan["settings"]
-    if not settings["nginx_url"]:
-        return
-    for service in plan["services"]:
-        if not service["upstream"]:
-            continue
-        for probe in service["probes"]:
-            url = settings["nginx_url"] + (probe["nginx_path"] or probe["path"])
-            probe_gate(plan, run, gates, "nginx", service, probe, url, settings["nginx_host_header"])
+    for service, probe, url in nginx_probes(plan):
+        probe_gate(plan, run, gates, "nginx", service, probe, url, plan["settings"]["nginx_host_header"])
+
+
+def watch(plan, run, result, clock=time.monotonic, sleep=time.sleep):
+    """The watch window after the switch, while the old color still runs: the new color's containers
+    (running, not unhealthy) and every probe, on its ports and through nginx, checked round after
+    round. Raise WatchFailed at a stopped or unhealthy container or at ``failures`` failures in a
+    row of one probe (the caller switches back, then explains); the rounds' Docker commands are not
+    traced (there are hundreds)."""
+    seconds = plan["settings"]["watch_seconds"]
+    host_header = plan["settings"]["nginx_host_header"]
+    checks = [
+        ("watch", service, probe, url, None)
+        for service in plan["services"]
+        for probe in service["probes"]
+        for url in direct_urls(plan, service, probe)
+    ] + [("watch-nginx", service, probe, url, host_header) for service, probe, url in nginx_probes(plan)]
+    pause = min([probe["interval"] for _kind, _service, probe, _url, _host in checks] + [WATCH_POLL_SECONDS])
+    failed_in_a_row = [0] * len(checks)
+    deadline = clock() + seconds
+    rounds, next_docker_check = 0, clock()
+    while clock() < deadline:
+        rounds += 1
+        round_started = clock()
+        # Docker is asked every WATCH_POLL_SECONDS; the probes, cheaper, every round.
+        if clock() >= next_docker_check:
+            reason = container_trouble(run, plan["project"])
+            next_docker_check = clock() + WATCH_POLL_SECONDS
+            if reason:
+                result["gates"].append({"gate": "watch", "passed": False, "rounds": rounds})
+                gate = {"gate": "watch", "service": plan["project"], "color": plan["color"], "reason": reason}
+                raise WatchFailed(gate)
+        for number, (kind, service, probe, url, host) in enumerate(checks):
+            last = probe_once(probe, url, host)
+            failed_in_a_row[number] = 0 if last["ok"] else failed_in_a_row[number] + 1
+            if failed_in_a_row[number] >= probe["failures"]:
+                result["gates"].append({"gate": kind, "service": service["name"], "passed": False, "rounds": rounds})
+                last = {**last, "reason": f"{last['reason']} ({failed_in_a_row[number]} failures in a row)"}
+                raise WatchFailed(probe_failure(plan, kind, service, probe, url, failed_in_a_row[number], last))
+        # Rounds start every ``pause`` seconds, however long Docker took to answer.
+        sleep(max(0.0, pause - (clock() - round_started)))
+    result["gates"].append({"gate": "watch", "passed": True, "rounds": rounds, "seconds": seconds})
+
+
+def docker_documents(run, project):
+    try:
+        return docker.containers(run, project)
+    except docker.DockerError:
+        return []
 
 
 def release_images(run, project):
@@ -339,11 +486,17 @@ def unwind(plan, run, message, exc):
     raise RolloutFailed(message, **getattr(exc, "details", {})) from exc
 
 
-def switch_back(plan, run, result, exc):
+def switch_back(plan, run, result, exc, explain=None):
     """After a failed probe through nginx: the previous upstream files, or, when nginx does not take them
-    back, the new color kept serving and recorded."""
+    back, the new color kept serving and recorded. With nothing behind nginx there is nothing to switch:
+    the new color is stopped, the old one never stopped running. ``explain()`` builds the failure after
+    the switch back, so that gathering logs does not keep traffic on a failing color."""
+    if not plan["upstreams"]:
+        exc = explain() if explain else exc
+        unwind(plan, run, f"rollout of {plan['release']} failed, the previous color keeps running: {exc}", exc)
     restore_upstreams(plan)
     rc, message = nginx_command(run, plan["settings"]["nginx_reload_command"])
+    exc = explain() if explain else exc
     if rc == 0:
         unwind(plan, run, f"rollout of {plan['release']} switched back to the previous upstreams: {exc}", exc)
     # nginx did not take the previous files back, so it still routes to the new color: keep that color
@@ -358,13 +511,15 @@ def switch_back(plan, run, result, exc):
     ) from exc
 
 
-def apply(plan, run, result):
-    """Carry ``plan`` out; ``result`` receives gates, timings, images, history and pruned releases as they happen."""
+def apply(plan, run, result, quiet_run=None):
+    """Carry ``plan`` out; ``result`` receives gates, timings, images, history and pruned releases as they
+    happen. ``quiet_run`` (default ``run``) runs the watch window's many Docker commands untraced."""
     release = plan["release"]
     with timed(result, "start_and_gate"):
         try:
             start_and_gate(plan, run, result["gates"])
             result["images"] = release_images(run, plan["project"])
+            recheck_before_switch(plan, run, result["gates"])
         except (RolloutFailed, docker.DockerError) as exc:
             unwind(plan, run, f"rollout of {release} stopped before the switch, traffic untouched: {exc}", exc)
     with timed(result, "switch"):
@@ -372,17 +527,31 @@ def apply(plan, run, result):
             switch_upstreams(plan, run)
         except RolloutFailed as exc:
             unwind(plan, run, f"rollout of {release}: {exc}", exc)
+    switched_at = time.monotonic()
+    old = plan["previous"]["color"]
     try:
         with timed(result, "nginx_probe"):
             probe_through_nginx(plan, run, result["gates"])
+        # Nothing to go back to when the release restarts in its own color: no window then.
+        if old != plan["color"] and plan["settings"]["watch_seconds"] > 0:
+            with timed(result, "watch"):
+                watch(plan, quiet_run or run, result)
     except RolloutFailed as exc:
         switch_back(plan, run, result, exc)
-    # Recorded before the drain: from here on nginx routes to the new color, whatever happens next.
+    except WatchFailed as failure:
+        gate = failure.gate
+
+        def explain():
+            # A container failure concerns the whole color: every container's logs, not one service's.
+            documents = docker_documents(run, plan["project"]) if "reason" in gate else None
+            return explained(plan, run, gate, documents)
+
+        switch_back(plan, run, result, failure, explain)
+    # The old color ran all along: recorded as serving only now, after the window.
     record(plan, result)
-    old = plan["previous"]["color"]
     if old and old != plan["color"]:
         with timed(result, "drain"):
-            time.sleep(plan["settings"]["drain_seconds"])
+            time.sleep(max(0.0, plan["settings"]["drain_seconds"] - (time.monotonic() - switched_at)))
         old_project = f"{plan['app']}-{old}"
         with timed(result, "stop_old"):
             try:
@@ -392,3 +561,14 @@ def apply(plan, run, result):
                     f"release {release} serves on color {plan['color']} and is recorded as active, "
                     f"but stopping the old color {old_project} failed: {exc}"
                 ) from exc
+
+
+def outcome(plan, run, result, quiet_run=None):
+    """``apply()``'s result as the module returns it, a failure included (``failed`` and ``msg``)."""
+    try:
+        apply(plan, run, result, quiet_run)
+    except RolloutFailed as exc:
+        result.update(failed=True, msg=str(exc), **exc.details)
+    except docker.DockerError as exc:
+        result.update(failed=True, msg=f"rollout of {plan['release']}: {exc}")
+    return result

@@ -34,6 +34,9 @@ ARGUMENT_SPEC = {
     "nginx_test_command": {"type": "list", "elements": "str", "default": ["nginx", "-t", "-q"]},
     "nginx_reload_command": {"type": "list", "elements": "str", "default": ["systemctl", "reload", "nginx"]},
     "drain_seconds": {"type": "float", "default": 5},
+    "watch_seconds": {"type": "float", "default": 30},
+    "lock_dir": {"type": "path"},
+    "heartbeat_timeout": {"type": "float", "default": 15},
     "stop_timeout": {"type": "int", "default": 10},
     "keep_releases": {"type": "int", "default": 5},
 }
@@ -48,6 +51,13 @@ def validation_errors(params):
     errors = model.release_errors(params["app"], params["release"], params["keep_releases"])
     if not os.path.isfile(compose_path(params)):
         errors.append(f"release_dir={params['release_dir']!r}: holds no compose file {params['compose_file']!r}")
+    for key in ("watch_seconds", "drain_seconds"):
+        if params[key] < 0:
+            errors.append(f"{key}={params[key]:g}: must be at least 0")
+    if params["heartbeat_timeout"] <= 0:
+        errors.append(f"heartbeat_timeout={params['heartbeat_timeout']:g}: must be more than 0")
+    if params["lock_dir"] and not os.path.isdir(params["lock_dir"]):
+        errors.append(f"lock_dir={params['lock_dir']!r}: no such directory (the caller takes the lock first)")
     if params["nginx_url"] and not re.match(r"^https?://[^/]+$", params["nginx_url"]):
         errors.append(f"nginx_url={params['nginx_url']!r}: give scheme and host only, e.g. http://127.0.0.1")
     return errors + model.service_errors(params["app"], params["services"], "services")
@@ -158,10 +168,15 @@ def _steps(params, plan):
         steps.append(f"switch upstreams to {plan['color']}: {', '.join(changed) or 'files unchanged'} ({checks})")
     if params["nginx_url"] and plan["upstreams"]:
         steps.append(f"probe through nginx at {params['nginx_url']}")
-    steps.append(f"record {params['release']} as active in {plan['state_path']}")
     live = plan["previous"]["color"]
+    if live != plan["color"] and params["watch_seconds"] > 0:
+        keeping = f", {params['app']}-{live} kept running" if live else ""
+        steps.append(f"watch {plan['project']} for {params['watch_seconds']:g} s{keeping}; switch back at a failure")
+    steps.append(f"record {params['release']} as active in {plan['state_path']}")
     if live and live != plan["color"]:
-        steps.append(f"drain {params['drain_seconds']:g} s, then stop {params['app']}-{live}")
+        steps.append(
+            f"drain (at least {params['drain_seconds']:g} s after the switch), then stop {params['app']}-{live}"
+        )
     return steps
 
 
@@ -176,13 +191,17 @@ def plan_rollout(params, observed):
     listed = listed_services(params)
     warnings = []
     previous = _previous(params, listed, observed, warnings)
-    # The same release id with a changed compose or env file (configuration, secrets) is rolled out again.
+    # A recorded release is immutable: its files must still be what was recorded (a rollback uses
+    # them as they were), and a change goes out under a new release id.
     recorded = states.find_release(observed["state"], params["release"]) or {}
-    same_release = (
-        previous["release"] == params["release"]
-        and bool(previous["color"])
-        and recorded.get("release_sha256") in (None, observed["release_sha256"])
-    )
+    if recorded.get("release_sha256") not in (None, observed["release_sha256"]):
+        raise PlanError(
+            f"release={params['release']!r} is recorded in {state_path(params)} with release_sha256 "
+            f"{recorded['release_sha256']}, but release_dir={params['release_dir']!r} (its compose file and env "
+            f"files) now has {observed['release_sha256']}: a recorded release is never changed; deploy the change "
+            "under a new release id, or restore the release directory before rolling back to it"
+        )
+    same_release = previous["release"] == params["release"] and bool(previous["color"])
     color = previous["color"] if same_release else states.next_color(previous["color"])
     order = _order(listed, observed["compose_services"], compose_path(params))
     by_name = {service["name"]: service for service in listed}
@@ -213,6 +232,7 @@ def plan_rollout(params, observed):
                 "nginx_test_command",
                 "nginx_reload_command",
                 "drain_seconds",
+                "watch_seconds",
                 "stop_timeout",
                 "keep_releases",
             )

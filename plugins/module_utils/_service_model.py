@@ -42,6 +42,7 @@ PROBE_SPEC = {
     "status": {"type": "int", "default": 200},
     "expect": {"type": "str"},
     "successes": {"type": "int", "default": 3},
+    "failures": {"type": "int", "default": 3},
     "interval": {"type": "float", "default": 1},
     "timeout": {"type": "float", "default": 60},
     "request_timeout": {"type": "float", "default": 5},
@@ -66,6 +67,7 @@ SERVICE_SPEC = {
     },
     "upstream": {"type": "str"},
     "health_timeout": {"type": "float", "default": 120},
+    "boot_grace": {"type": "float", "default": 0},
     "probes": {"type": "list", "elements": "dict", "default": [], "options": PROBE_SPEC},
 }
 
@@ -218,8 +220,9 @@ def _probe_errors(where, probes):
         at = f"{where}.probes[{number}]"
         if isinstance(probe.get("path"), str) and not probe["path"].startswith("/"):
             errors.append(f"{at}.path={probe['path']!r}: must start with /")
-        if isinstance(probe.get("successes"), int) and probe["successes"] < 1:
-            errors.append(f"{at}.successes={probe['successes']}: must be at least 1")
+        for key in ("successes", "failures"):
+            if isinstance(probe.get(key), int) and probe[key] < 1:
+                errors.append(f"{at}.{key}={probe[key]}: must be at least 1")
         if isinstance(probe.get("expect"), str) and health.HAS_JMESPATH:
             try:
                 health.compile_expression(probe["expect"])
@@ -256,6 +259,12 @@ def service_errors(app, services, variable="services"):
 
     def check(where, service):
         errors = _port_range_error(where, "container_port", service.get("container_port"))
+        grace, timeout = service.get("boot_grace"), service.get("health_timeout")
+        if isinstance(grace, (int, float)) and not 0 <= grace < (timeout if isinstance(timeout, (int, float)) else 120):
+            errors.append(
+                f"{where}.boot_grace={grace:g}: must be at least 0 and below health_timeout "
+                f"({timeout if timeout is not None else 120:g}), or the gate would give up inside the grace"
+            )
         replicas = service.get("replicas")
         if isinstance(replicas, int) and replicas < 1:
             errors.append(f"{where}.replicas={replicas}: must be at least 1")

@@ -25,14 +25,27 @@ description:
     color keeps running and is recorded, because nginx still routes to it. An app with no service behind
     nginx (no O(services[].upstream), workers only) leaves nginx untouched, with no test, no reload and no
     probes through nginx.
-  - As soon as the probes through nginx pass, the release is recorded in C(<state_dir>/state.json) with its
-    image IDs and digests; then, after a drain period, the old color is stopped (kept, so a rollback starts
-    it again in seconds).
+  - A probe fails fast, after O(services[].probes[].failures) failures in a row (failures inside the service's
+    O(services[].boot_grace) do not count), or at once when a container of the service stopped. Right before the
+    switch every service is checked once more (running, healthy, one answer to each probe on its own ports).
+  - "After the switch comes the watch window (O(watch_seconds)): the old color keeps running while the new
+    color's containers (running, not C(unhealthy)) and every probe, on the new color's ports and through nginx,
+    are checked round after round. A stopped or unhealthy container, or O(services[].probes[].failures) failures
+    in a row of one probe, switches traffic back at once and fails with the reason."
+  - Only after the window is the release recorded as serving in C(<state_dir>/state.json), with its image IDs
+    and digests; then the old color is stopped (kept, so a rollback starts it again in seconds), once at least
+    O(drain_seconds) have passed since the switch.
+  - Everything after the plan runs on the host in a detached process, so the rollout ends in one consistent
+    state (served and recorded, or switched back) when the controller, its connection or the module's process
+    dies. With O(lock_dir) the module writes the lock's heartbeat while the controller is there; a rollout whose
+    controller is gone releases that lock itself at its end and leaves its result in
+    C(<state_dir>/last-rollout.json).
+  - A release recorded in C(state.json) is immutable. When its compose file or env files no longer match the
+    recorded C(release_sha256), the module refuses before anything runs; this is also what protects a rollback
+    from a tampered release directory. Deploy a change under a new release id.
   - The live color is the one the upstream files point at when they all point at one color; C(state.json)
     decides only when they do not (first deploy, placeholder). So a rollout interrupted after its switch
     never makes the next one start in the live color.
-  - The same release id is rolled out again when its compose file or an env file it reads (C(env_file))
-    changed, so a changed secret reaches the containers.
   - "The compose file receives each service's host port(s) for the color being started in the environment
     variable C(BERTH_PORT_<SERVICE>) (service name upper-cased, other characters as C(_)), for example
     C(ports: [\"127.0.0.1:${BERTH_PORT_BACKEND}:8000\"]), and the color in C(BERTH_COLOR)."
@@ -113,9 +126,33 @@ options:
     elements: str
     default: [systemctl, reload, nginx]
   drain_seconds:
-    description: Seconds the old color keeps running after the switch, so requests in flight finish.
+    description:
+      - Seconds the old color keeps running at least after the switch, so requests in flight finish.
+      - The watch window counts toward it.
     type: float
     default: 5
+  watch_seconds:
+    description:
+      - Seconds the new color is watched after the switch, with the old color still running, before the release
+        is recorded and the old color stopped. A failure in the window switches back at once.
+      - C(0) disables the window. A release rolled out again in its own color has nothing to go back to and is
+        not watched.
+    type: float
+    default: 30
+  lock_dir:
+    description:
+      - The deploy lock directory the caller holds (the P(berth.stack.compose_app#role) role's C(deploy.lock)).
+      - The module writes C(<lock_dir>/heartbeat) every second while the controller is there, and
+        C(<lock_dir>/rollout.pid) while the host-side rollout runs. When the controller is gone, the host-side
+        rollout removes the lock at its end, if C(<lock_dir>/owner) is still the one it started under.
+      - Unset, no lock is touched.
+    type: path
+  heartbeat_timeout:
+    description:
+      - Seconds without a heartbeat after which the host-side rollout, at its end, takes the controller for gone
+        and releases O(lock_dir).
+    type: float
+    default: 15
   stop_timeout:
     description: Seconds Docker gives a container to stop before killing it.
     type: int
@@ -193,15 +230,19 @@ plan:
       - "start and gate demo-green: backend, worker, frontend"
       - "switch upstreams to green: demo_backend, demo_frontend (nginx -t, nginx -T, reload)"
       - "probe through nginx at http://127.0.0.1"
+      - "watch demo-green for 30 s, demo-blue kept running; switch back at a failure"
       - "record 2025-01-15.1 as active in /srv/berth/demo/state.json"
-      - "drain 5 s, then stop demo-blue"
+      - "drain (at least 5 s after the switch), then stop demo-blue"
   contains:
     steps:
       description: The steps the rollout takes, in order; empty when the release already serves.
       type: list
       elements: str
 gates:
-  description: The result of every gate, in the order they ran.
+  description:
+    - The result of every gate, in the order they ran; C(gate) is C(health), C(http) (a replica's own port),
+      C(recheck) (right before the switch), C(nginx) (through nginx), C(watch) (the window's rounds, or the
+      container check that failed in it) or C(watch-nginx).
   returned: always
   type: list
   elements: dict
@@ -210,8 +251,9 @@ gates:
     - {gate: http, service: backend, url: "http://127.0.0.1:18220/api/health", passed: true, attempts: 3}
 failed_gate:
   description:
-    - On a failed gate, the gate (C(health), C(http) or C(nginx)), the service and color, and for HTTP gates
-      the URL, the expectation and the last probe result. The health log and last log lines are in RV(ignore:msg).
+    - On a failed gate, the gate (as in RV(gates)), the service and color, and either the reason (health,
+      stopped container) or, for HTTP gates, the URL, the expectation and the last probe result (status and an
+      excerpt of the body). The last line of each health log entry and the last log lines are in RV(ignore:msg).
   returned: when a gate failed
   type: dict
   sample:
@@ -249,18 +291,20 @@ commands:
   type: list
   elements: str
 timings:
-  description: Seconds per step (start_and_gate, switch, nginx_probe, record, drain, stop_old, total).
+  description: Seconds per step (start_and_gate, switch, nginx_probe, watch, record, drain, stop_old, total).
   returned: always
   type: dict
-  sample: {"start_and_gate": 6.2, "switch": 0.1, "nginx_probe": 2.0, "record": 0.01, "drain": 5.0, "stop_old": 0.6,
-           "total": 14.0}
+  sample: {"start_and_gate": 6.2, "switch": 0.1, "nginx_probe": 2.0, "watch": 30.0, "record": 0.01, "drain": 0.0,
+           "stop_old": 0.6, "total": 39.0}
 """
 
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.berth.stack.plugins.module_utils import _docker_cli as docker
 from ansible_collections.berth.stack.plugins.module_utils import _health as health
+from ansible_collections.berth.stack.plugins.module_utils import _host_side as host_side
 from ansible_collections.berth.stack.plugins.module_utils import _rollout_apply as rollout
 from ansible_collections.berth.stack.plugins.module_utils import _rollout_plan as planning
 
@@ -289,11 +333,18 @@ def main():
         result["changed"] = True
         if module.check_mode:
             module.exit_json(**result)
-        rollout.apply(plan, run, result)
+        # From here on the host carries the rollout to its end by itself, whatever happens to the controller.
+        result = host_side.run_detached(
+            lambda: rollout.outcome(plan, run, result, quiet_run=docker.module_runner(module)),
+            os.path.dirname(plan["state_path"]),
+            module.params["lock_dir"],
+            module.params["heartbeat_timeout"],
+        )
     except (rollout.RolloutFailed, planning.PlanError) as exc:
-        result["timings"]["total"] = round(time.monotonic() - started, 2)
-        module.fail_json(msg=str(exc), **result, **getattr(exc, "details", {}))
+        result.update(failed=True, msg=str(exc), **getattr(exc, "details", {}))
     result["timings"]["total"] = round(time.monotonic() - started, 2)
+    if result.pop("failed", False):
+        module.fail_json(**result)
     module.exit_json(**result)
 
 

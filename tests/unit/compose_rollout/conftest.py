@@ -228,6 +228,8 @@ def rollout(database, nginx, workdir):
             "nginx_test_command": nginx.test_command,
             "nginx_reload_command": nginx.reload_command,
             "drain_seconds": 1,
+            # A short watch window keeps the suite fast; test_rollout_safety.py exercises long ones.
+            "watch_seconds": 2,
             "stop_timeout": 3,
             "services": [
                 {

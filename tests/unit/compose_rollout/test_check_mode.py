@@ -56,8 +56,9 @@ def test_check_mode_of_a_new_release_returns_the_plan_and_changes_nothing(
             f"start and gate {APP}-green: backend, worker, frontend",
             "switch upstreams to green: crtest_backend, crtest_frontend (nginx -t, nginx -T, reload)",
             "probe through nginx at http://127.0.0.1:18250",
+            f"watch {APP}-green for 2 s, {APP}-blue kept running; switch back at a failure",
             f"record r30 as active in {workdir / 'state' / 'state.json'}",
-            f"drain 1 s, then stop {APP}-blue",
+            f"drain (at least 1 s after the switch), then stop {APP}-blue",
         ],
     }
     assert result["gates"] == []

@@ -48,6 +48,54 @@ def test_probe_until_counts_consecutive_successes(outcomes, successes, passed, a
     assert result[:2] == (passed, attempts)
 
 
+@pytest.mark.parametrize(
+    ("outcomes", "failures", "passed", "attempts"),
+    [
+        ([False, False, False, True], 3, False, 3),  # judged in 3 attempts, not at the 10 s timeout
+        ([False, False, True, False, False, True, True, True], 3, True, 8),  # a success resets the count
+        ([False] * 20, None, False, 11),  # no threshold: only the timeout ends it
+    ],
+)
+def test_probe_until_fails_after_consecutive_failures(outcomes, failures, passed, attempts):
+    clock = FakeClock()
+    result = health.probe_until(
+        scripted(outcomes), 3, interval=1, timeout=10, clock=clock, sleep=clock.sleep, failures=failures
+    )
+    assert result[:2] == (passed, attempts)
+
+
+def test_probe_until_does_not_count_failures_inside_the_boot_grace():
+    clock = FakeClock()
+    outcomes = [False] * 6 + [True] * 3
+    result = health.probe_until(
+        scripted(outcomes), 3, interval=1, timeout=20, clock=clock, sleep=clock.sleep, failures=2, count_failures_from=5
+    )
+    assert result[:2] == (True, 9)
+    clock = FakeClock()
+    result = health.probe_until(
+        scripted([False] * 20),
+        3,
+        interval=1,
+        timeout=20,
+        clock=clock,
+        sleep=clock.sleep,
+        failures=2,
+        count_failures_from=5,
+    )
+    # Attempts at t=0..4 are in the grace; t=5 and t=6 are the two failures that count.
+    assert result[:2] == (False, 7)
+
+
+def test_probe_until_stops_at_once_when_the_container_stopped():
+    clock = FakeClock()
+    stopped = iter([None, "a container stopped: exited"])
+    result = health.probe_until(
+        scripted([False] * 20), 3, interval=1, timeout=60, clock=clock, sleep=clock.sleep, abort=lambda: next(stopped)
+    )
+    assert result[:2] == (False, 2)
+    assert "a container stopped: exited" in result[2]["reason"]
+
+
 @pytest.fixture(scope="module")
 def answering_server():
     """A real HTTP server on 127.0.0.1 whose answer per path the tests choose."""

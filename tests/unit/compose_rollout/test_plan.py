@@ -65,6 +65,7 @@ def test_first_deploy_plans_blue_with_every_upstream_and_the_listed_order_first(
         "start and gate demo-blue: backend, worker, frontend, cache",
         "switch upstreams to blue: demo_backend, demo_frontend (nginx -t, nginx -T, reload)",
         "probe through nginx at http://127.0.0.1",
+        "watch demo-blue for 30 s; switch back at a failure",
         "record r2 as active in /srv/berth/demo/state.json",
     ]
     assert plan["previous"] == {"color": None, "release": None}
@@ -84,7 +85,6 @@ def test_first_deploy_plans_blue_with_every_upstream_and_the_listed_order_first(
         (("blue", "r1"), "blue", "digest-1", "green", False, None),  # a new release goes to the idle color
         (("green", "r1"), "green", "digest-1", "blue", False, None),
         (("blue", "r2"), "blue", "digest-1", "blue", True, None),  # the serving release: one docker check left
-        (("blue", "r2"), "blue", "digest-2", "green", False, None),  # same id, changed files: rolled out again
         # state.json lags nginx (interrupted after the switch): the files decide, the release is unknown.
         (("blue", "r2"), "green", "digest-1", "blue", False, "point at color green but"),
         # The files do not agree on one color (a placeholder): state.json decides.
@@ -111,7 +111,11 @@ def test_the_serving_release_changes_no_upstream_and_drains_nothing():
 def test_a_new_release_drains_and_stops_the_old_color_and_diffs_each_changed_file():
     files = {**serving_files("blue"), BACKEND_CONF: PLACEHOLDER}
     plan = planning.plan_rollout(params(drain_seconds=2.5), observed(state("blue", "r1"), files))
-    assert plan["steps"][-1] == "drain 2.5 s, then stop demo-blue"
+    assert plan["steps"][-3:] == [
+        "watch demo-green for 30 s, demo-blue kept running; switch back at a failure",
+        "record r2 as active in /srv/berth/demo/state.json",
+        "drain (at least 2.5 s after the switch), then stop demo-blue",
+    ]
     assert [(item["before_header"], item["before"]) for item in plan["diff"]] == [
         (BACKEND_CONF, PLACEHOLDER),
         (FRONTEND_CONF, files[FRONTEND_CONF]),
@@ -132,6 +136,7 @@ def test_workers_only_leave_nginx_untouched():
     assert plan["steps"] == [
         "start and gate demo-blue: worker",
         "no service behind nginx: nginx untouched",
+        "watch demo-blue for 30 s; switch back at a failure",
         "record r2 as active in /srv/berth/demo/state.json",
     ]
 
@@ -191,3 +196,30 @@ def test_a_listed_service_compose_does_not_have_is_refused():
 )
 def test_parameters_are_refused_naming_the_option(changes, message):
     assert any(error.startswith(message) for error in planning.validation_errors(params(**changes)))
+
+
+def test_a_recorded_release_whose_files_changed_is_refused_naming_both_digests():
+    with pytest.raises(planning.PlanError) as refused:
+        planning.plan_rollout(params(), observed(state("blue", "r2", sha="digest-1"), sha="digest-2"))
+    message = str(refused.value)
+    assert "release='r2' is recorded in /srv/berth/demo/state.json with release_sha256 digest-1" in message
+    assert "now has digest-2" in message
+    assert "deploy the change under a new release id" in message
+
+
+def test_a_zero_watch_window_plans_no_watch():
+    plan = planning.plan_rollout(params(watch_seconds=0), observed(state("blue", "r1")))
+    assert not any(step.startswith("watch") for step in plan["steps"])
+    assert plan["settings"]["watch_seconds"] == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"watch_seconds": -1}, "watch_seconds=-1: must be at least 0"),
+        ({"heartbeat_timeout": 0}, "heartbeat_timeout=0: must be more than 0"),
+        ({"lock_dir": "/nonexistent/deploy.lock"}, "lock_dir='/nonexistent/deploy.lock': no such directory"),
+    ],
+)
+def test_bad_safety_settings_are_refused_naming_the_option(changes, message):
+    assert message in "; ".join(planning.validation_errors(params(**changes)))

@@ -9,10 +9,21 @@ is on something observable: what nginx answers, which containers run, the upstre
 import json
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
-from conftest import API, APP, NGINX_PORT, PORTS, container_states, http_get, inspect_service, served_version, wait_for
+from conftest import (
+    API,
+    APP,
+    NGINX_PORT,
+    PORTS,
+    container_states,
+    http_get,
+    inspect_service,
+    served_version,
+    sh,
+    wait_for,
+)
 
 PAGE = f"http://127.0.0.1:{NGINX_PORT}/"
 
@@ -155,17 +166,25 @@ def test_first_deploy_serves_v1_through_nginx(first_deploy):
     assert state["releases"][0]["images"]["backend"]["image"] == "berth/demo-backend:v1"
     assert state["releases"][0]["images"]["backend"]["image_id"].startswith("sha256:")
     assert {"start_and_gate", "switch", "nginx_probe", "record", "total"} <= set(result["timings"])
-    assert [g["gate"] for g in result["gates"]] == ["health", "http", "health", "health", "http", "nginx", "nginx"]
+    assert [g["gate"] for g in result["gates"]] == [
+        *("health", "http", "health", "health", "http"),
+        *("recheck", "recheck", "nginx", "nginx", "watch"),
+    ]
+    assert result["gates"][-1]["passed"] and result["gates"][-1]["rounds"] > 1
 
 
 def test_services_start_in_order_each_after_the_previous_gate(first_deploy):
     backend, worker = first_deploy["backend"], first_deploy["worker"]
-    healthy_at = min(
-        datetime.fromisoformat(entry["End"][:26])
-        for entry in backend["State"]["Health"]["Log"]
-        if entry["ExitCode"] == 0
-    )
-    assert datetime.fromisoformat(worker["Created"][:26]) > healthy_at
+    # Docker's own record of when the backend first turned healthy (its health log keeps only the
+    # last 5 checks, which the watch window has long rotated out).
+    events = sh(
+        *("docker", "events", "--since", backend["State"]["StartedAt"], "--until", "1s"),
+        *("--filter", f"container={backend['Id']}", "--filter", "event=health_status"),
+        *("--format", "{{.Action}} {{.TimeNano}}"),
+    ).stdout.split("\n")
+    healthy_at = min(int(line.split()[-1]) for line in events if line.startswith("health_status: healthy"))
+    created = datetime.fromisoformat(worker["Created"][:26]).replace(tzinfo=UTC).timestamp()
+    assert created * 1e9 > healthy_at
 
 
 def test_the_same_release_again_changes_nothing(rollout, release, state_file, baseline):
@@ -277,25 +296,41 @@ def test_bad_nginx_url_is_refused(rollout, release, field, value, message):
     assert message in result["msg"]
 
 
-def test_the_same_release_with_a_changed_compose_file_rolls_out_again(rollout, release, state_file, baseline):
+def test_a_recorded_release_id_with_a_changed_compose_file_is_refused(rollout, release, nginx, state_file, baseline):
     baseline("r1")
-    changed = {
-        "backend": {
-            "environment": {
-                "PGHOST": "crtest-db",
-                "PGUSER": "demo",
-                "PGPASSWORD": "crtest",
-                "PGDATABASE": "demo",
-                "DEMO_ACCESS_LOG": "1",
-            }
-        }
-    }
-    result = rollout(release("r1", "v1", changed), "r1")
-    assert not result.get("failed"), result.get("msg")
-    assert result["changed"] is True
-    assert result["color"] == "green"
+    before = state_file()
+    saved = (nginx.upstreams / "crtest_backend.conf").read_text()
+    database = {"PGHOST": "crtest-db", "PGUSER": "demo", "PGPASSWORD": "crtest", "PGDATABASE": "demo"}
+    changed = {"backend": {"environment": {**database, "DEMO_ACCESS_LOG": "1"}}}
+    try:
+        result = rollout(release("r1", "v1", changed), "r1")
+    finally:
+        release("r1", "v1")
+    assert result["failed"]
+    assert "release='r1' is recorded in" in result["msg"]
+    assert "a recorded release is never changed; deploy the change under a new release id" in result["msg"]
+    assert state_file() == before
+    assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
     assert served_version() == "v1"
-    assert state_file()["active"] == {**state_file()["active"], "color": "green", "release": "r1"}
+
+
+def test_rollback_refuses_a_tampered_release_directory(rollout, release, workdir, nginx, state_file, baseline):
+    baseline("r2")
+    before = state_file()
+    compose = workdir / "releases" / "r1" / "compose.yaml"
+    original = compose.read_text()
+    compose.write_text(original.replace("berth/demo-backend:v1", "berth/demo-backend:v3"))
+    try:
+        result = rollout(workdir / "releases" / "r1", "r1")
+    finally:
+        compose.write_text(original)
+    assert result["failed"]
+    recorded = next(item for item in before["releases"] if item["release"] == "r1")["release_sha256"]
+    assert f"with release_sha256 {recorded}" in result["msg"]
+    assert "restore the release directory before rolling back to it" in result["msg"]
+    assert state_file() == before
+    assert served_version() == "v2"
+    assert container_states(f"{APP}-blue")["backend"] == "exited"
 
 
 def test_replicas_get_consecutive_ports_and_all_join_the_upstream(rollout, release, nginx, state_file, serving):

@@ -49,21 +49,24 @@ def test_an_upstreams_dir_nginx_does_not_read_is_caught_before_the_reload(
     assert state_file() == before
 
 
-def test_a_changed_env_file_rolls_the_same_release_out_again(rollout, release, state_file, serving):
+def test_a_changed_env_file_under_a_recorded_release_id_is_refused(rollout, release, state_file, serving):
     serving()
     secret = {"backend": {"env_file": ["backend.env"]}}
     first = rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=first\n"}), "r9")
     assert not first.get("failed"), first.get("msg")
+    before = state_file()
     again = rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=second\n"}), "r9")
-    assert not again.get("failed"), again.get("msg")
-    assert again["changed"] is True
-    assert again["color"] == other(first["color"])
-    assert state_file()["active"]["color"] == again["color"]
-    backend = inspect_service(f"{APP}-{again['color']}", "backend")
-    assert "CRTEST_SECRET=second" in backend["Config"]["Env"]
+    assert again["failed"]
+    assert "release='r9' is recorded in" in again["msg"]
+    assert "deploy the change under a new release id" in again["msg"]
+    assert "second" not in again["msg"]
+    assert again["commands"] == [command for command in again["commands"] if " config " in command]
+    assert state_file() == before
+    backend = inspect_service(f"{APP}-{first['color']}", "backend")
+    assert "CRTEST_SECRET=first" in backend["Config"]["Env"]
     assert served_version() == "v1"
-    # With nothing changed since, the release is left alone.
-    assert rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=second\n"}), "r9")["changed"] is False
+    # Put back as recorded, the release is left alone.
+    assert rollout(release("r9", "v1", secret, {"backend.env": "CRTEST_SECRET=first\n"}), "r9")["changed"] is False
 
 
 def test_the_live_color_comes_from_the_upstream_files_when_state_json_lags(

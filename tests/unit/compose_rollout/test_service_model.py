@@ -123,7 +123,10 @@ def test_valid_services_have_no_errors():
         ([{"image": "x"}], "services[0]: missing required arguments: name"),
         ([backend(image="bad image")], "services[backend].image='bad image': not an image reference"),
         ([backend(image="UPPER/x")], "services[backend].image='UPPER/x': not an image reference"),
-        ([backend(nginx_path="/api")], "services[backend]: unknown key nginx_path (known: command, container_port"),
+        (
+            [backend(nginx_path="/api")],
+            "services[backend]: unknown key nginx_path (known: boot_grace, command, container_port",
+        ),
         ([backend(probes=[{"path": "/", "nginx": "/"}])], "services[backend]: unknown key probes.nginx (known:"),
         ([backend(replicas="two")], "services[backend]: argument 'replicas' is of type str"),
         ([backend(command="run")], None),  # a string is a one-element list, as ansible converts it

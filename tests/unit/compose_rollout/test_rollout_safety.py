@@ -1,0 +1,303 @@
+"""Rollout safety against the real engine and nginx, under a bounded request loop through nginx: a
+release that breaks inside the watch window is switched back by itself, a slow boot passes with its
+boot grace, and a killed controller leaves one consistent state with the deploy lock released.
+
+Each test starts from a serving v1 (``serving``) and checks what the client saw (failed requests
+and how long they lasted), the upstream files, the containers and state.json.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import yaml
+from conftest import API, APP, NGINX_PORT, PORTS, REPO, container_states, http_get, served_version, wait_for
+
+BACKEND = ["python3", "/opt/demo/backend.py"]
+
+
+def other(color):
+    return "green" if color == "blue" else "blue"
+
+
+def backend_port(nginx):
+    text = (nginx.upstreams / "crtest_backend.conf").read_text()
+    return int(text.split("server 127.0.0.1:")[1].split()[0])
+
+
+class ClientLoop:
+    """A bounded request loop through nginx (at most ``max_requests`` or ``max_seconds``) that records
+    when each answer came and what it was."""
+
+    def __init__(self, url=API, max_requests=20000, max_seconds=90.0):
+        self.url, self.max_requests, self.max_seconds = url, max_requests, max_seconds
+        self.answers = []  # (monotonic time, status, version)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < deadline:
+            status, body = http_get(self.url, timeout=2)
+            version = json.loads(body).get("version") if status == 200 else None
+            self.answers.append((time.monotonic(), status, version))
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def failed(self):
+        return [answer for answer in self.answers if answer[1] != 200]
+
+    @property
+    def failed_seconds(self):
+        """From the first failed answer to the first good one after the last failure: the outage users saw."""
+        failed = self.failed
+        if not failed:
+            return 0.0
+        after = [when for when, status, _version in self.answers if status == 200 and when > failed[-1][0]]
+        return (after[0] if after else failed[-1][0]) - failed[0][0]
+
+    @property
+    def versions(self):
+        order = []
+        for _when, _status, version in self.answers:
+            if version and (not order or order[-1] != version):
+                order.append(version)
+        return order
+
+
+# Each service's HEALTHCHECK every second, with a generous timeout: the gates pass within a few
+# seconds even on a loaded machine, so a release that breaks at 8 s breaks after its switch.
+QUICK_HEALTH = {"healthcheck": {"interval": "1s", "timeout": "10s"}}
+
+
+def dying_release(release, release_id, command):
+    overrides = {name: dict(QUICK_HEALTH) for name in ("backend", "worker", "frontend")}
+    overrides["backend"]["command"] = command
+    return release(release_id, "v2", overrides)
+
+
+def assert_switched_back(result, loop, nginx, state_file, before, live):
+    print(f"client: {len(loop.answers)} requests, {len(loop.failed)} failed over {loop.failed_seconds:.2f} s")
+    print(f"timings: {result['timings']}; failed gate: {result.get('failed_gate', {}).get('gate')}")
+    assert result["failed"]
+    assert "switched back to the previous upstreams" in result["msg"]
+    assert "Traceback" not in result["msg"]
+    assert len(loop.failed) > 0 and loop.failed_seconds <= 1.0
+    assert loop.versions[:2] == ["v1", "v2"] and loop.versions[-1] == "v1"
+    assert served_version() == "v1"
+    assert backend_port(nginx) == PORTS["backend"][live]
+    assert state_file() == before
+    assert container_states(f"{APP}-{live}")["backend"] == "running"
+    assert wait_for(lambda: set(container_states(f"{APP}-{other(live)}").values()) == {"exited"})
+
+
+def test_a_release_whose_container_dies_at_8_s_is_switched_back_by_itself(rollout, release, nginx, state_file, serving):
+    serving("v1", avoid=("rdie8",))
+    before = state_file()
+    live = before["active"]["color"]
+    # The backend starts last, so that its 8 s run out after the switch rather than during the
+    # other services' gates (a release that breaks before the switch is refused there instead).
+    backend_last = with_backend()[1:] + with_backend()[:1]
+    directory = dying_release(release, "rdie8", ["timeout", "8", *BACKEND])
+    with ClientLoop() as loop:
+        result = rollout(directory, "rdie8", watch_seconds=15, services=backend_last)
+        time.sleep(0.5)
+    assert_switched_back(result, loop, nginx, state_file, before, live)
+    assert "watch gate failed" in result["msg"]
+    assert "a container stopped" in result["msg"]
+    assert result["failed_gate"]["gate"] == "watch"
+    # Failed inside the window, well before its end.
+    assert result["timings"]["watch"] < 10
+
+
+def test_a_release_whose_backend_stops_answering_at_20_s_is_switched_back_by_itself(
+    rollout, release, nginx, state_file, serving
+):
+    """The process dies but the container keeps running: the probes catch it, not Docker's state."""
+    serving("v1")
+    before = state_file()
+    live = before["active"]["color"]
+    command = ["sh", "-c", f"timeout 20 {' '.join(BACKEND)}; sleep 300"]
+    with ClientLoop() as loop:
+        result = rollout(dying_release(release, "rdie20", command), "rdie20", watch_seconds=30)
+        time.sleep(0.5)
+    assert_switched_back(result, loop, nginx, state_file, before, live)
+    assert result["failed_gate"]["gate"] in ("watch", "watch-nginx")
+    assert "failures in a row" in result["msg"]
+    assert result["timings"]["watch"] < 25
+
+
+def test_a_slow_boot_fails_fast_without_a_grace_and_passes_with_the_documented_one(
+    rollout, release, state_file, serving
+):
+    serving("v1")
+    before = state_file()
+    slow = {
+        "backend": {
+            "command": ["sh", "-c", f"sleep 7; exec {' '.join(BACKEND)}"],
+            # Docker's own start_period is short here, so Docker says "unhealthy" while the app boots.
+            "healthcheck": {"interval": "1s", "timeout": "5s", "retries": 2, "start_period": "1s"},
+        }
+    }
+    directory = release("rslow", "v2", slow)
+    refused = rollout(directory, "rslow")
+    assert refused["failed"]
+    # Judged at Docker's first "unhealthy", not at the 30 s health_timeout ("not healthy within 30 s").
+    assert "Docker reports the HEALTHCHECK unhealthy" in refused["msg"]
+    assert refused["gates"][-1]["gate"] == "health" and refused["gates"][-1]["seconds"] < 30
+    # The health log's last line, not the healthcheck's whole Python traceback.
+    assert "Traceback" not in refused["msg"]
+    assert "health log: exit" in refused["msg"]
+    assert state_file() == before
+    result = rollout(directory, "rslow", services=with_backend(boot_grace=15))
+    assert not result.get("failed"), result.get("msg")
+    assert served_version() == "v2"
+    assert state_file()["active"]["release"] == "rslow"
+
+
+def with_backend(**settings):
+    """The fixture's services with settings added to the backend."""
+    probe = {"path": "/api/health", "expect": "status == 'ok' && database == 'connected'"}
+    probe.update(successes=3, interval=0.2, timeout=4)
+    return [
+        {
+            "name": "backend",
+            "ports": PORTS["backend"],
+            "upstream": "crtest_backend",
+            "health_timeout": 30,
+            "probes": [probe],
+            **settings,
+        },
+        {"name": "worker", "health_timeout": 30},
+        {
+            "name": "frontend",
+            "ports": PORTS["frontend"],
+            "upstream": "crtest_frontend",
+            "health_timeout": 30,
+            "probes": [{"path": "/healthz", "nginx_path": "/", "successes": 2, "interval": 0.2, "timeout": 4}],
+        },
+    ]
+
+
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_killed_controller_leaves_one_consistent_state_and_the_lock_released(
+    rollout, release, nginx, workdir, state_file, serving
+):
+    serving("v1")
+    live = state_file()["active"]["color"]
+    new = other(live)
+    root = workdir / "root"
+    lock_dir = root / APP / "deploy.lock"
+    shutil.rmtree(root, ignore_errors=True)
+    # The play a deploy runs: the role's own lock tasks around the module, which knows the lock.
+    args = {
+        "app": APP,
+        "release": "rkill",
+        "release_dir": str(release("rkill", "v2")),
+        "state_dir": str(workdir / "state"),
+        "upstreams_dir": str(nginx.upstreams),
+        "nginx_url": f"http://127.0.0.1:{NGINX_PORT}",
+        "nginx_test_command": nginx.test_command,
+        "nginx_reload_command": nginx.reload_command,
+        "drain_seconds": 1,
+        "stop_timeout": 3,
+        "watch_seconds": 8,
+        "lock_dir": str(lock_dir),
+        "heartbeat_timeout": 3,
+        "services": with_backend(),
+    }
+    role_vars = {"compose_app_name": APP, "compose_app_root": str(root), "compose_app_services": []}
+    play = {
+        "hosts": "localhost",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": role_vars,
+        "tasks": [
+            {
+                "name": "lock",
+                "ansible.builtin.include_role": {"name": "berth.stack.compose_app", "tasks_from": "lock"},
+                "vars": {"__compose_app_lock_purpose": "deploy of release rkill"},
+            },
+            {"name": "rollout", "berth.stack.compose_rollout": args},
+            {
+                "name": "unlock",
+                "ansible.builtin.include_role": {"name": "berth.stack.compose_app", "tasks_from": "unlock"},
+            },
+        ],
+    }
+    playbook = workdir / "play-killed.yml"
+    playbook.write_text(yaml.safe_dump([play]))
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".ansible" / "collections")}
+    env["ANSIBLE_LOCALHOST_WARNING"] = "false"
+    controller = subprocess.Popen(
+        [shutil.which("ansible-playbook"), str(playbook)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        with ClientLoop(max_seconds=150) as loop:
+            # Kill the controller in the watch window: traffic is on the new color, the old one still runs.
+            assert wait_for(lambda: backend_port(nginx) == PORTS["backend"][new], timeout=120)
+            owner = json.loads((lock_dir / "owner").read_text())
+            assert owner["pid"] == controller.pid
+            assert owner["purpose"] == "deploy of release rkill"
+            # The module's own process writes the heartbeat; the detached rollout names itself in rollout.pid.
+            foreground = json.loads((lock_dir / "heartbeat").read_text())["pid"]
+            detached = int((lock_dir / "rollout.pid").read_text())
+            assert foreground != detached and parent_of(detached) != foreground
+            os.kill(controller.pid, signal.SIGKILL)
+            os.kill(parent_of(foreground), signal.SIGKILL)
+            controller.wait(timeout=10)
+            # The host-side rollout finishes the window alone, records, stops the old color, releases the lock.
+            assert wait_for(lambda: not lock_dir.exists(), timeout=60)
+            time.sleep(0.5)
+    finally:
+        # What is left of the controller's own processes (its worker); the detached rollout has its own session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(controller.pid, signal.SIGKILL)
+    assert wait_for(lambda: not (alive(foreground) or alive(detached)), timeout=15)
+    state = state_file()
+    assert state["active"]["release"] == "rkill" and state["active"]["color"] == new
+    assert backend_port(nginx) == PORTS["backend"][new]
+    assert served_version() == "v2"
+    assert set(container_states(f"{APP}-{live}").values()) == {"exited"}
+    outcome = json.loads((workdir / "state" / "last-rollout.json").read_text())
+    assert not outcome.get("failed"), outcome.get("msg")
+    assert loop.failed == []
+
+
+def alive(pid):
+    """A process that runs (a zombie, ended but not reaped yet, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_client_loop_counts_an_outage():
+    """The loop's measure can fail: against a port where nothing listens every answer is a failure."""
+    with ClientLoop(url="http://127.0.0.1:18276/", max_requests=20, max_seconds=5) as loop:
+        time.sleep(0.3)
+    assert len(loop.failed) == len(loop.answers) > 0
+    assert http_get("http://127.0.0.1:18276/")[0] is None
