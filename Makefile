@@ -55,14 +55,16 @@ molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=con
 	  $(STAGE) "molecule $$scenario" molecule $(MOLECULE_CMD) -s $$scenario || exit 1; \
 	done
 
-test: ## Everything CI runs, in order, stopping at the first failure
+# `make test` runs these two lanes side by side after prepare (tests/harness/lanes.py); every
+# scenario under molecule/ must be in one of them.
+LANE_APP := lint,sanity,unit,molecule:compose_app
+LANE_HOSTS := molecule:docker_host,molecule:nginx,molecule:firewall,molecule:postgres_backup
+
+test: ## Everything CI runs: prepare, then two lanes side by side; each lane stops at its first failure
 	@rm -f $(BERTH_STAGE_RECORD)
 	@$(STAGE) prepare $(MAKE) --no-print-directory prepare
-	@$(STAGE) lint $(MAKE) --no-print-directory lint
-	@$(STAGE) sanity $(MAKE) --no-print-directory sanity
-	@$(STAGE) unit $(MAKE) --no-print-directory unit
-	@$(MAKE) --no-print-directory molecule
-	@$(STAGE) --summary
+	@python3 tests/harness/lanes.py --lane app=$(LANE_APP) --lane hosts=$(LANE_HOSTS); \
+	  rc=$$?; $(STAGE) --summary; exit $$rc
 
 demo: prepare ## Provision a local Debian 13 container with deploy.yml and show the result
 	ansible-playbook tests/harness/demo_target.yml
@@ -79,9 +81,14 @@ bench-migration-locks: venv ## Benchmark: app query stalls during an ALTER, plai
 	python3 tests/harness/prepare.py --only packages --only link
 	python bench/migration_locks.py
 
-bench-rollout: venv ## Benchmark: failed requests during a naive compose up, a berth rollout, a failing one
+bench-rollout: venv ## Benchmark: failed requests during a naive compose up, a berth rollout, a failing one; no-op deploy times
 	python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
 	python bench/rollout.py
+
+.PHONY: bench-backup
+bench-backup: venv ## Benchmark: postgres_backup's verified backup of a ~1 GB database vs a bare pg_dump -Fc
+	python3 tests/harness/prepare.py --only engine --only images --only demo-images --only link
+	python bench/backup.py $(if $(SIZE_MB),--size-mb $(SIZE_MB))
 
 build: venv ## Build the collection tarball
 	ansible-galaxy collection build --force --output-path build/

@@ -1,6 +1,6 @@
 """The second app, ledger, after side_effect: its schema came from the app's own migration tool
 (safe_migration's command mode), its history keeps 2 releases, pruning removed the directories of
-r1 to r3 and the images only r2 and r3 used (r1's image is shared with the demo app and stays), and
+r1 to r3 and the images only r2 and r3 used (r1's image, still used by another container, stays), and
 r6 came from the registry on the test host (compose_app_image_policy=pull)."""
 
 import json
@@ -63,7 +63,8 @@ def test_pruned_release_directories_are_removed(host, release, kept):
         ("berth/ledger-worker:r2", False),
         ("berth/ledger-worker:r3", False),
         ("berth/ledger-worker:r4", True),
-        ("berth/demo-worker:v1", True),
+        # r1's image outlived r1's pruning: ledger-r1-user still uses it.
+        ("berth/ledger-worker:r1", True),
         ("127.0.0.1:5000/berth/ledger-worker:r6", True),
     ],
 )

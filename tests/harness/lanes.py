@@ -1,0 +1,153 @@
+"""Run `make test`'s stages in lanes side by side: the stages of one lane run in order, the lanes at
+the same time. Each lane writes its whole output to tests/output/lane-<name>.log; this prints the
+stage start and result lines as they come, then every lane's log in full, then the stage times.
+
+A lane stops at its first failed stage; the other lanes run to their end, so one run reports every
+failure. Every Molecule scenario under molecule/ must be in exactly one lane: a scenario that was
+added to the tree but not to a lane fails the run instead of being skipped.
+
+Each lane gets its own apt archive cache for its test hosts (BERTH_APT_CACHE_DIR), because two
+test hosts that run apt at the same time must not share /var/cache/apt/archives and its lock.
+
+Usage: lanes.py --lane NAME=STAGE[,STAGE...] [--lane ...]
+A stage is a make target (lint, sanity, unit) or molecule:SCENARIO. Standard library only.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT = REPO / "tests" / "output"
+STAGE = REPO / "tests" / "harness" / "stage.sh"
+APT_CACHE = "/var/cache/berth-test/apt"
+
+
+def is_progress(line: str) -> bool:
+    """stage.sh's start line and its result line (`  NAME  ok  12s` or `  NAME  FAILED ...`)."""
+    return line.startswith("== stage ") or (line.startswith("  ") and (" ok " in line or " FAILED " in line))
+
+
+def stage_command(stage: str) -> list[str]:
+    """The command of one stage; it records its own time in $BERTH_STAGE_RECORD through stage.sh."""
+    make = ["make", "--no-print-directory"]
+    if stage.startswith("molecule:"):
+        # `make molecule` wraps each scenario in stage.sh itself.
+        return [*make, "molecule", f"SCENARIO={stage.removeprefix('molecule:')}"]
+    return [str(STAGE), stage, *make, stage]
+
+
+def parse_lanes(specs: list[str]) -> dict[str, list[str]]:
+    lanes: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _sep, stages = spec.partition("=")
+        if not name or not stages or name in lanes:
+            raise SystemExit(f"lanes.py: --lane {spec!r}: expected a new NAME=STAGE[,STAGE...]")
+        lanes[name] = [stage for stage in stages.split(",") if stage]
+    return lanes
+
+
+def check_scenarios(lanes: dict[str, list[str]]) -> None:
+    """Every scenario in molecule/ runs in exactly one lane, and every scenario named exists."""
+    present = {path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml")}
+    named = [
+        stage.removeprefix("molecule:")
+        for stages in lanes.values()
+        for stage in stages
+        if stage.startswith("molecule:")
+    ]
+    problems = []
+    if missing := sorted(present - set(named)):
+        problems.append(f"scenarios in no lane: {', '.join(missing)}")
+    if unknown := sorted(set(named) - present):
+        problems.append(f"scenarios that do not exist: {', '.join(unknown)}")
+    if twice := sorted({name for name in named if named.count(name) > 1}):
+        problems.append(f"scenarios in more than one lane: {', '.join(twice)}")
+    if problems:
+        raise SystemExit("lanes.py: " + "; ".join(problems))
+
+
+class Lane(threading.Thread):
+    def __init__(self, name, stages, print_lock, *, log_dir=OUTPUT, command=stage_command):
+        super().__init__(name=name)
+        self.stages = stages
+        self.print_lock = print_lock
+        self.command = command
+        self.log = Path(log_dir) / f"lane-{name}.log"
+        self.failed: str | None = None
+        self.process: subprocess.Popen | None = None
+        self.stopping = False
+
+    def run(self) -> None:
+        env = dict(os.environ, BERTH_APT_CACHE_DIR=f"{APT_CACHE}-{self.name}")
+        with self.log.open("w") as log:
+            for stage in self.stages:
+                if self.stopping:
+                    self.failed = f"{stage} (not started: interrupted)"
+                    return
+                self.process = subprocess.Popen(
+                    self.command(stage),
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    start_new_session=True,
+                )
+                for line in self.process.stdout:
+                    log.write(line)
+                    log.flush()
+                    if is_progress(line):
+                        self.say(line.rstrip())
+                if self.process.wait():
+                    self.failed = stage
+                    self.say(f"FAILED: {stage} (exit {self.process.returncode}); this lane stops here")
+                    return
+
+    def say(self, text: str) -> None:
+        with self.print_lock:
+            print(f"[{self.name}] {text}", flush=True)
+
+    def stop(self) -> None:
+        self.stopping = True
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lane", action="append", required=True, metavar="NAME=STAGE[,STAGE...]")
+    lanes = parse_lanes(parser.parse_args(argv).lane)
+    check_scenarios(lanes)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    print_lock = threading.Lock()
+    threads = [Lane(name, stages, print_lock) for name, stages in lanes.items()]
+
+    def interrupt(signum, _frame):
+        for thread in threads:
+            thread.stop()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    for thread in threads:
+        thread.say(f"stages: {' '.join(thread.stages)}; full output in {thread.log.relative_to(REPO)}")
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for thread in threads:
+        print(f"\n==== lane {thread.name}: full output ({thread.log.relative_to(REPO)})", flush=True)
+        sys.stdout.write(thread.log.read_text(errors="replace"))
+    failed = [f"{thread.name}: {thread.failed}" for thread in threads if thread.failed]
+    if failed:
+        print(f"\n==== failed: {'; '.join(failed)}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""`make test`'s lane runner: lanes run side by side, a lane stops at its first failure while the
+others go on, and a scenario missing from every lane fails the run instead of being skipped."""
+
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+spec = importlib.util.spec_from_file_location("berth_lanes", REPO / "tests" / "harness" / "lanes.py")
+lanes = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = lanes
+spec.loader.exec_module(lanes)
+
+
+def fake_stage(record: Path):
+    """A stage command that records when it ran; `fail-*` stages exit 3. Real processes, no mocks."""
+
+    def command(stage):
+        script = f'echo "== stage {stage}: start"; echo "{stage} $(date +%s.%N)" >> {record}; sleep 1; '
+        script += (
+            "exit 3"
+            if stage.startswith("fail")
+            else f'echo "  {stage}  ok  1s"; echo "{stage} $(date +%s.%N)" >> {record}'
+        )
+        return ["bash", "-c", script]
+
+    return command
+
+
+def run_lanes(tmp_path, spec):
+    record = tmp_path / "record.txt"
+    lock = threading.Lock()
+    threads = [
+        lanes.Lane(name, stages, lock, log_dir=tmp_path, command=fake_stage(record))
+        for name, stages in lanes.parse_lanes(spec).items()
+    ]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return threads, time.monotonic() - start, record.read_text().split("\n")
+
+
+def test_lanes_run_side_by_side_and_each_keeps_its_own_log(tmp_path, capsys):
+    threads, elapsed, _record = run_lanes(tmp_path, ["a=one,two", "b=three,four"])
+    # Two stages of 1 s per lane: about 2 s side by side, 4 s one after the other.
+    assert elapsed < 3.5, elapsed
+    assert [thread.failed for thread in threads] == [None, None]
+    assert (tmp_path / "lane-a.log").read_text().count(" ok ") == 2
+    assert "three" in (tmp_path / "lane-b.log").read_text()
+    assert "three" not in (tmp_path / "lane-a.log").read_text()
+    printed = capsys.readouterr().out
+    assert "[a] == stage one: start" in printed
+    assert "[b]   four  ok  1s" in printed
+
+
+def test_a_failed_stage_stops_its_lane_and_the_other_lane_goes_on(tmp_path, capsys):
+    threads, _elapsed, record = run_lanes(tmp_path, ["a=fail-first,never", "b=one,two"])
+    assert threads[0].failed == "fail-first"
+    assert threads[1].failed is None
+    ran = {line.split()[0] for line in record if line}
+    assert ran == {"fail-first", "one", "two"}
+    assert "[a] FAILED: fail-first (exit 3); this lane stops here" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (["a=lint"], "scenarios in no lane: compose_app"),
+        (["a=molecule:nope"], "scenarios that do not exist: nope"),
+        (["a=molecule:nginx", "b=molecule:nginx"], "scenarios in more than one lane: nginx"),
+    ],
+)
+def test_every_scenario_runs_in_exactly_one_lane(spec, message):
+    with pytest.raises(SystemExit, match=message):
+        lanes.check_scenarios(lanes.parse_lanes(spec))
+
+
+def test_the_makefile_lanes_name_every_scenario():
+    makefile = (REPO / "Makefile").read_text()
+    specs = [f"{name}={makefile.split(f'LANE_{name.upper()} := ')[1].splitlines()[0]}" for name in ("app", "hosts")]
+    lanes.check_scenarios(lanes.parse_lanes(specs))
+
+
+@pytest.mark.parametrize("spec", ["=lint", "a=", "nolane"])
+def test_a_malformed_lane_is_refused(spec):
+    with pytest.raises(SystemExit, match="expected a new NAME=STAGE"):
+        lanes.parse_lanes([spec])
