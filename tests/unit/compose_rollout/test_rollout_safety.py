@@ -95,7 +95,9 @@ def assert_switched_back(result, loop, nginx, state_file, before, live):
     assert result["failed"]
     assert "switched back to the previous upstreams" in result["msg"]
     assert "Traceback" not in result["msg"]
-    assert len(loop.failed) > 0 and loop.failed_seconds <= 1.0
+    # The release did serve (v2 answered) and broke while serving (the caller asserts the watch gate
+    # failed); when the watch catches it before any client request fails, that is 0 s of failures.
+    assert loop.failed_seconds <= 1.0
     assert loop.versions[:2] == ["v1", "v2"] and loop.versions[-1] == "v1"
     assert served_version() == "v1"
     assert backend_port(nginx) == PORTS["backend"][live]
