@@ -6,11 +6,23 @@ Documentation: the sidecar files beside this one (service_errors.yml, ...)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ansible_collections.berth.stack.plugins.module_utils import _service_model as model
 
 
+def _plain(value):
+    """``value`` as plain dicts and lists. The rules validate with ArgumentSpecValidator, which deep-copies its
+    input; a deep copy of ansible-core's lazy containers copies the templating context too (~0.5 s a call)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def service_errors(services, app, variable="compose_app_services"):
-    return model.service_errors(app, services, variable)
+    return model.service_errors(app, _plain(services), variable)
 
 
 def release_errors(app, release, keep_releases):
@@ -20,7 +32,7 @@ def release_errors(app, release, keep_releases):
 
 
 def data_service_errors(services, variable="compose_app_data_services"):
-    return model.data_service_errors(services, variable)
+    return model.data_service_errors(_plain(services), variable)
 
 
 class FilterModule:

@@ -26,6 +26,7 @@ import os
 import select
 import shutil
 import socket
+import threading
 import time
 import traceback
 
@@ -82,6 +83,30 @@ def write_heartbeat(lock_dir):
     stamp = {"epoch": time.time(), "pid": os.getpid()}
     with contextlib.suppress(OSError):
         files.write_atomically(os.path.join(lock_dir, HEARTBEAT_FILE), json.dumps(stamp) + "\n", 0o644)
+
+
+@contextlib.contextmanager
+def keep_heartbeat(lock_dir):
+    """Write the lock's heartbeat once a second, in a thread, for as long as the block runs and the
+    controller is there: a long step before the rollout (migrations, their backup) must not make a live
+    deploy look dead to playbooks/unlock.yml. No lock_dir, nothing is written."""
+    if not lock_dir:
+        yield
+        return
+    parent, owner, stop = os.getppid(), read_owner(lock_dir), threading.Event()
+
+    def beat():
+        while not stop.is_set() and controller_gone(parent, owner) is None:
+            write_heartbeat(lock_dir)
+            stop.wait(HEARTBEAT_SECONDS)
+
+    thread = threading.Thread(target=beat, name="berth-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def heartbeat_age(lock_dir):

@@ -19,6 +19,8 @@ from ansible_collections.berth.stack.plugins.module_utils import _files as files
 
 COLORS = ("blue", "green")
 STATE_MODE = 0o644
+# Beside state.json: the digest of the inputs of the last deploy that ended with its release serving.
+FINGERPRINT_FILE = "fingerprint.json"
 
 
 def empty_state(app):
@@ -44,6 +46,28 @@ def load_state(path, app):
 def save_state(path, state):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     files.write_atomically(path, json.dumps(state, indent=2, sort_keys=True) + "\n", STATE_MODE, prefix=".state-")
+
+
+def fingerprint_path(state_path):
+    return os.path.join(os.path.dirname(state_path), FINGERPRINT_FILE)
+
+
+def load_fingerprint(state_path):
+    """``{"release": ..., "fingerprint": ...}`` of the last complete deploy; {} when there is none or unreadable."""
+    try:
+        with open(fingerprint_path(state_path), encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def save_fingerprint(state_path, release, fingerprint):
+    record = {"release": release, "fingerprint": fingerprint}
+    if load_fingerprint(state_path) != record:
+        files.write_atomically(
+            fingerprint_path(state_path), json.dumps(record, sort_keys=True) + "\n", STATE_MODE, prefix=".fingerprint-"
+        )
 
 
 def other_color(color):

@@ -103,6 +103,51 @@ def observe(params, run):
     }
 
 
+def unchanged(params, run):
+    """check_unchanged's answer (RETURN unchanged, unchanged_reason), from files and Docker alone: the
+    release serves with the same fingerprint, its color and the data services run healthy, no lock is held."""
+    path = planning.state_path(params)
+    result = {"changed": False, "release": params["release"], "unchanged": False}
+    try:
+        state = states.load_state(path, params["app"])
+    except ValueError as exc:
+        return dict(result, unchanged_reason=f"state_dir: {exc}")
+    services = [model.with_defaults(params["app"], raw) for raw in params["services"]]
+    observed = {
+        "state": state,
+        "fingerprint": states.load_fingerprint(path),
+        "locked": bool(params["lock_dir"]) and os.path.isdir(params["lock_dir"]),
+        "upstream_files": {
+            upstream: upstreams.read_file(upstream)
+            for upstream in planning.upstream_paths(services, params["upstreams_dir"])
+        },
+    }
+    color = states.active_color(state)
+    reason = planning.unchanged_reason(params, observed)
+    projects = [
+        (f"{params['app']}-{color}", [service["name"] for service in services]),
+        (f"{params['app']}-data", params["data_services"]),
+    ]
+    for project, names in projects if reason is None else []:
+        try:
+            if not _running_healthy(docker.containers(run, project), names):
+                reason = f"a container of {project} is not running and healthy, or missing"
+                break
+        except docker.DockerError as exc:
+            reason = f"could not ask Docker about {project}: {exc}"
+            break
+    return dict(result, color=color, unchanged=reason is None, unchanged_reason=reason)
+
+
+def _running_healthy(documents, names):
+    """Every container runs (healthy where it has a HEALTHCHECK) and each of ``names`` has one."""
+    for document in documents:
+        status, health_status = docker.container_state(document)
+        if status != "running" or health_status not in (None, "healthy"):
+            return False
+    return set(names) <= {doc["Config"]["Labels"].get(docker.COMPOSE_LABEL_SERVICE) for doc in documents}
+
+
 def report(plan, diff=False):
     """The result keys a plan gives, before anything runs."""
     result = {"color": plan["color"], "previous": plan["previous"], "plan": planning.public_plan(plan)}
@@ -119,13 +164,13 @@ def still_serving(run, plan):
         raise RolloutFailed(
             f"could not tell whether color {plan['color']} still serves release {plan['release']}: {exc}"
         ) from exc
-    if not documents:
-        return False
-    for document in documents:
-        status, health_status = docker.container_state(document)
-        if status != "running" or health_status not in (None, "healthy"):
-            return False
-    return set(plan["listed"]) <= {doc["Config"]["Labels"].get(docker.COMPOSE_LABEL_SERVICE) for doc in documents}
+    return bool(documents) and _running_healthy(documents, plan["listed"])
+
+
+def remember(plan):
+    """Record the plan's fingerprint as the last complete deploy's (when it has one)."""
+    if plan["fingerprint"]:
+        states.save_fingerprint(plan["state_path"], plan["release"], plan["fingerprint"])
 
 
 def _container_reason(documents):
@@ -465,6 +510,7 @@ def record(plan, result):
         )
         try:
             states.save_state(plan["state_path"], state)
+            remember(plan)
         except OSError as exc:
             raise RolloutFailed(
                 f"nginx routes to color {plan['color']} (release {plan['release']}), but {plan['state_path']} could "

@@ -39,6 +39,9 @@ ARGUMENT_SPEC = {
     "heartbeat_timeout": {"type": "float", "default": 15},
     "stop_timeout": {"type": "int", "default": 10},
     "keep_releases": {"type": "int", "default": 5},
+    "fingerprint": {"type": "str"},
+    "check_unchanged": {"type": "bool", "default": False},
+    "data_services": {"type": "list", "elements": "str", "default": []},
 }
 
 
@@ -49,13 +52,16 @@ class PlanError(ValueError):
 def validation_errors(params):
     """Every problem with the parameters, each naming the option and the bad value."""
     errors = model.release_errors(params["app"], params["release"], params["keep_releases"])
-    if not os.path.isfile(compose_path(params)):
+    if not params["check_unchanged"] and not os.path.isfile(compose_path(params)):
         errors.append(f"release_dir={params['release_dir']!r}: holds no compose file {params['compose_file']!r}")
     for key in ("watch_seconds", "drain_seconds"):
         if params[key] < 0:
             errors.append(f"{key}={params[key]:g}: must be at least 0")
     if params["heartbeat_timeout"] <= 0:
         errors.append(f"heartbeat_timeout={params['heartbeat_timeout']:g}: must be more than 0")
+    # check_unchanged asks whether a deploy would take the lock (and reads nothing from the release).
+    if params["check_unchanged"]:
+        return errors + model.service_errors(params["app"], params["services"], "services")
     if params["lock_dir"] and not os.path.isdir(params["lock_dir"]):
         errors.append(f"lock_dir={params['lock_dir']!r}: no such directory (the caller takes the lock first)")
     if params["nginx_url"] and not re.match(r"^https?://[^/]+$", params["nginx_url"]):
@@ -213,6 +219,7 @@ def plan_rollout(params, observed):
         "state_path": state_path(params),
         "state": observed["state"],
         "release_sha256": observed["release_sha256"],
+        "fingerprint": params["fingerprint"],
         "previous": previous,
         "warnings": warnings,
         "color": color,
@@ -251,6 +258,33 @@ def plan_rollout(params, observed):
         if item["changed"]
     ]
     return plan
+
+
+def unchanged_reason(params, observed):
+    """Why the deploy of ``params`` has something to do, or None when it has nothing to do by its files.
+
+    ``observed``: ``state`` (state.json), ``fingerprint`` (the last complete deploy's record), ``locked``
+    (whether O(lock_dir) exists) and ``upstream_files`` (path -> content). Whether the containers run is
+    for the caller to ask Docker.
+    """
+    release = params["release"]
+    if observed["locked"]:
+        return f"another deploy holds the lock {params['lock_dir']}"
+    if states.active_release(observed["state"]) != release:
+        return f"release {release} does not serve yet (serving: {states.active_release(observed['state'])})"
+    if not params["fingerprint"] or observed["fingerprint"] != {
+        "release": release,
+        "fingerprint": params["fingerprint"],
+    }:
+        return f"the inputs of this deploy differ from those of the last complete deploy of release {release}"
+    services = [model.with_defaults(params["app"], raw) for raw in params["services"]]
+    color = states.active_color(observed["state"])
+    changed = [
+        item["name"] for item in _upstreams(params, services, color, observed["upstream_files"]) if item["changed"]
+    ]
+    if changed:
+        return f"the upstream files of {', '.join(changed)} do not point at color {color} of release {release}"
+    return None
 
 
 def public_plan(plan):

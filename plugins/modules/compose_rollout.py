@@ -146,6 +146,7 @@ options:
         C(<lock_dir>/rollout.pid) while the host-side rollout runs. When the controller is gone, the host-side
         rollout removes the lock at its end, if C(<lock_dir>/owner) is still the one it started under.
       - Unset, no lock is touched.
+      - With O(check_unchanged), the lock a deploy would take; when it exists, another deploy runs and the answer is no.
     type: path
   heartbeat_timeout:
     description:
@@ -161,6 +162,30 @@ options:
     description: Releases kept in the state file's history (at least 2, so the idle color stays recorded).
     type: int
     default: 5
+  fingerprint:
+    description:
+      - A digest of everything the caller's deploy depends on (the P(berth.stack.compose_app#role) role hashes its
+        variables, templates and migration files).
+      - Written to C(<state_dir>/fingerprint.json) with the release once the rollout ends with the release serving
+        (also when it already served). The role removes that file when a deploy starts, so a deploy that fails
+        half-way leaves none.
+    type: str
+  check_unchanged:
+    description:
+      - Only tell whether a deploy of O(release) with this O(fingerprint) has nothing to do, in RV(unchanged), and
+        change nothing, in check mode or not.
+      - "Nothing to do: O(release) is active in C(state.json), C(fingerprint.json) records O(release) with
+        O(fingerprint), no O(lock_dir) exists, every upstream file points at the active color, and every container
+        of the active color and of C(<app>-data) runs (healthy where it has a HEALTHCHECK), one at least per listed
+        service and per O(data_services)."
+      - It reads files and asks Docker once per project, with no C(docker compose), jmespath or probe.
+    type: bool
+    default: false
+  data_services:
+    description: With O(check_unchanged), the services of the Compose project C(<app>-data) that must run.
+    type: list
+    elements: str
+    default: []
 notes:
   - The old color is stopped, not removed. The idle color's containers are replaced by the next rollout.
   - The deploy lock, pulling images, migrations and pruning release directories belong to the
@@ -213,12 +238,12 @@ color:
   sample: green
 previous:
   description: Color and release that served before, if any.
-  returned: always
+  returned: unless O(check_unchanged)
   type: dict
   sample: {"color": "blue", "release": "2025-01-14.3"}
 plan:
   description: What the rollout does (or did), step by step, including every upstream file change.
-  returned: always
+  returned: unless O(check_unchanged)
   type: dict
   sample:
     color: green
@@ -243,7 +268,7 @@ gates:
     - The result of every gate, in the order they ran; C(gate) is C(health), C(http) (a replica's own port),
       C(recheck) (right before the switch), C(nginx) (through nginx), C(watch) (the window's rounds, or the
       container check that failed in it) or C(watch-nginx).
-  returned: always
+  returned: unless O(check_unchanged)
   type: list
   elements: dict
   sample:
@@ -290,9 +315,19 @@ commands:
   returned: always
   type: list
   elements: str
+unchanged:
+  description: With O(check_unchanged), whether the deploy has nothing to do.
+  returned: when O(check_unchanged) is true
+  type: bool
+  sample: true
+unchanged_reason:
+  description: With O(check_unchanged), why the deploy has something to do; null when RV(unchanged).
+  returned: when O(check_unchanged) is true
+  type: str
+  sample: "the inputs of this deploy differ from those of the last complete deploy of release v1"
 timings:
   description: Seconds per step (start_and_gate, switch, nginx_probe, watch, record, drain, stop_old, total).
-  returned: always
+  returned: unless O(check_unchanged)
   type: dict
   sample: {"start_and_gate": 6.2, "switch": 0.1, "nginx_probe": 2.0, "watch": 30.0, "record": 0.01, "drain": 0.0,
            "stop_old": 0.6, "total": 39.0}
@@ -314,12 +349,14 @@ def main():
     errors = planning.validation_errors(module.params)
     if errors:
         module.fail_json(msg="; ".join(errors))
+    commands = []
+    run = rollout.traced(docker.module_runner(module), commands)
+    if module.params["check_unchanged"]:
+        module.exit_json(commands=commands, **rollout.unchanged(module.params, run))
     if not health.HAS_JMESPATH and planning.uses_expressions(module.params):
         module.fail_json(
             msg=missing_required_lib("jmespath (Debian: python3-jmespath)"), exception=health.JMESPATH_IMPORT_ERROR
         )
-    commands = []
-    run = rollout.traced(docker.module_runner(module), commands)
     result = {"changed": False, "release": module.params["release"], "gates": [], "commands": commands, "timings": {}}
     started = time.monotonic()
     try:
@@ -329,6 +366,8 @@ def main():
         result.update(rollout.report(plan, diff=module._diff))
         if plan["serving"] and rollout.still_serving(run, plan):
             result["plan"]["steps"] = []
+            if not module.check_mode:
+                rollout.remember(plan)
             module.exit_json(**result)
         result["changed"] = True
         if module.check_mode:

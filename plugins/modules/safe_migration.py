@@ -233,6 +233,13 @@ options:
     description: Seconds the dump may take.
     type: int
     default: 3600
+  lock_dir:
+    description:
+      - A deploy lock directory the caller holds (the P(berth.stack.compose_app#role) role's C(deploy.lock)).
+      - While the module runs (its backup and migrations can take minutes), it writes C(<lock_dir>/heartbeat)
+        once a second for as long as the controller is there, so the deploy does not look dead to
+        C(playbooks/unlock.yml). Not in check mode. Unset, no lock is touched.
+    type: path
   host:
     description:
       - Host name, IP address or socket directory of the server (libpq C(host)).
@@ -395,6 +402,7 @@ import subprocess
 import uuid
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.berth.stack.plugins.module_utils import _host_side as host_side
 from ansible_collections.berth.stack.plugins.module_utils import _migration_image as image_sql
 from ansible_collections.berth.stack.plugins.module_utils import _migrations as mig
 from ansible_collections.berth.stack.plugins.module_utils import _postgres as pg
@@ -434,6 +442,7 @@ def argument_spec() -> dict:
         "backup_dir": {"type": "path", "default": "/var/backups/berth/migrations"},
         "backup_container": {"type": "str"},
         "backup_timeout": {"type": "int", "default": 3600},
+        "lock_dir": {"type": "path"},
         **pg.connection_argument_spec(),
     }
 
@@ -623,6 +632,17 @@ def run_command_mode(module, connection, keywords: dict, result: dict) -> None:
         raise mig.MigrationError(f"{' '.join(params['command'])} exited {rc}: {stderr.strip() or stdout.strip()}")
 
 
+def migrate(module, connection, key, mode, keywords, result):
+    """Take the advisory lock (not in check mode), then run the mode's migrations into ``result``."""
+    if not module.check_mode:
+        waited = mig.acquire_lock(connection, key, module.params["lock_wait_timeout"])
+        result["lock_wait_seconds"] = round(waited, 3)
+    if mode == "sql":
+        run_versioned(module, connection, keywords, result)
+    else:
+        run_command_mode(module, connection, keywords, result)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -650,13 +670,8 @@ def main():
         module.fail_json(msg=f"cannot connect to {pg.describe(keywords)}: {pg.server_message(error)}", **result)
     key = mig.advisory_lock_key(module.params["history_schema"], module.params["history_table"])
     try:
-        if not module.check_mode:
-            waited = mig.acquire_lock(connection, key, module.params["lock_wait_timeout"])
-            result["lock_wait_seconds"] = round(waited, 3)
-        if mode == "sql":
-            run_versioned(module, connection, keywords, result)
-        else:
-            run_command_mode(module, connection, keywords, result)
+        with host_side.keep_heartbeat(None if module.check_mode else module.params["lock_dir"]):
+            migrate(module, connection, key, mode, keywords, result)
     except mig.MigrationError as error:
         module.fail_json(msg=str(error), **result)
     except pg.DatabaseError as error:

@@ -4,6 +4,7 @@ container, and an nginx started from the test with its own prefix on 127.0.0.1 h
 Everything is named crtest-* (containers, projects, network) and removed at the end.
 """
 
+import copy
 import json
 import os
 import re
@@ -213,50 +214,59 @@ def release(workdir):
     return make
 
 
+# The test app's services as the module takes them: backend and frontend behind nginx, a worker.
+SERVICES = [
+    {
+        "name": "backend",
+        "ports": PORTS["backend"],
+        "upstream": "crtest_backend",
+        "health_timeout": 30,
+        "probes": [
+            {
+                "path": "/api/health",
+                "expect": "status == 'ok' && database == 'connected'",
+                "successes": 3,
+                "interval": 0.2,
+                "timeout": 4,
+            }
+        ],
+    },
+    {"name": "worker", "health_timeout": 30},
+    {
+        "name": "frontend",
+        "ports": PORTS["frontend"],
+        "upstream": "crtest_frontend",
+        "health_timeout": 30,
+        "probes": [{"path": "/healthz", "nginx_path": "/", "successes": 2, "interval": 0.2, "timeout": 4}],
+    },
+]
+
+
+def module_args(nginx, workdir, release_dir, release_id):
+    """The module's arguments for the test app (as the rollout fixture passes them, before overrides)."""
+    return {
+        "app": APP,
+        "release": release_id,
+        "release_dir": str(release_dir),
+        "state_dir": str(workdir / "state"),
+        "upstreams_dir": str(nginx.upstreams),
+        "nginx_url": f"http://127.0.0.1:{NGINX_PORT}",
+        "nginx_test_command": nginx.test_command,
+        "nginx_reload_command": nginx.reload_command,
+        "drain_seconds": 1,
+        # A short watch window keeps the suite fast; test_rollout_safety.py exercises long ones.
+        "watch_seconds": 2,
+        "stop_timeout": 3,
+        "services": copy.deepcopy(SERVICES),
+    }
+
+
 @pytest.fixture(scope="session")
 def rollout(database, nginx, workdir):
     """Run the module through ansible-playbook, as a play would; returns the task's result."""
 
     def run(release_dir, release_id, check=False, diff=False, environment=None, **overrides):
-        args = {
-            "app": APP,
-            "release": release_id,
-            "release_dir": str(release_dir),
-            "state_dir": str(workdir / "state"),
-            "upstreams_dir": str(nginx.upstreams),
-            "nginx_url": f"http://127.0.0.1:{NGINX_PORT}",
-            "nginx_test_command": nginx.test_command,
-            "nginx_reload_command": nginx.reload_command,
-            "drain_seconds": 1,
-            # A short watch window keeps the suite fast; test_rollout_safety.py exercises long ones.
-            "watch_seconds": 2,
-            "stop_timeout": 3,
-            "services": [
-                {
-                    "name": "backend",
-                    "ports": PORTS["backend"],
-                    "upstream": "crtest_backend",
-                    "health_timeout": 30,
-                    "probes": [
-                        {
-                            "path": "/api/health",
-                            "expect": "status == 'ok' && database == 'connected'",
-                            "successes": 3,
-                            "interval": 0.2,
-                            "timeout": 4,
-                        }
-                    ],
-                },
-                {"name": "worker", "health_timeout": 30},
-                {
-                    "name": "frontend",
-                    "ports": PORTS["frontend"],
-                    "upstream": "crtest_frontend",
-                    "health_timeout": 30,
-                    "probes": [{"path": "/healthz", "nginx_path": "/", "successes": 2, "interval": 0.2, "timeout": 4}],
-                },
-            ],
-        }
+        args = module_args(nginx, workdir, release_dir, release_id)
         args.update(overrides)
         playbook = workdir / f"play-{release_id}.yml"
         play = {

@@ -7,6 +7,7 @@ and how long they lasted), the upstream files, the containers and state.json.
 """
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -16,7 +17,18 @@ import threading
 import time
 
 import yaml
-from conftest import API, APP, NGINX_PORT, PORTS, REPO, container_states, http_get, served_version, wait_for
+from conftest import (
+    API,
+    APP,
+    PORTS,
+    REPO,
+    SERVICES,
+    container_states,
+    http_get,
+    module_args,
+    served_version,
+    wait_for,
+)
 
 BACKEND = ["python3", "/opt/demo/backend.py"]
 
@@ -172,26 +184,9 @@ def test_a_slow_boot_fails_fast_without_a_grace_and_passes_with_the_documented_o
 
 def with_backend(**settings):
     """The fixture's services with settings added to the backend."""
-    probe = {"path": "/api/health", "expect": "status == 'ok' && database == 'connected'"}
-    probe.update(successes=3, interval=0.2, timeout=4)
-    return [
-        {
-            "name": "backend",
-            "ports": PORTS["backend"],
-            "upstream": "crtest_backend",
-            "health_timeout": 30,
-            "probes": [probe],
-            **settings,
-        },
-        {"name": "worker", "health_timeout": 30},
-        {
-            "name": "frontend",
-            "ports": PORTS["frontend"],
-            "upstream": "crtest_frontend",
-            "health_timeout": 30,
-            "probes": [{"path": "/healthz", "nginx_path": "/", "successes": 2, "interval": 0.2, "timeout": 4}],
-        },
-    ]
+    services = copy.deepcopy(SERVICES)
+    services[0].update(settings)
+    return services
 
 
 def parent_of(pid):
@@ -210,20 +205,10 @@ def test_a_killed_controller_leaves_one_consistent_state_and_the_lock_released(
     shutil.rmtree(root, ignore_errors=True)
     # The play a deploy runs: the role's own lock tasks around the module, which knows the lock.
     args = {
-        "app": APP,
-        "release": "rkill",
-        "release_dir": str(release("rkill", "v2")),
-        "state_dir": str(workdir / "state"),
-        "upstreams_dir": str(nginx.upstreams),
-        "nginx_url": f"http://127.0.0.1:{NGINX_PORT}",
-        "nginx_test_command": nginx.test_command,
-        "nginx_reload_command": nginx.reload_command,
-        "drain_seconds": 1,
-        "stop_timeout": 3,
+        **module_args(nginx, workdir, release("rkill", "v2"), "rkill"),
         "watch_seconds": 8,
         "lock_dir": str(lock_dir),
         "heartbeat_timeout": 3,
-        "services": with_backend(),
     }
     role_vars = {"compose_app_name": APP, "compose_app_root": str(root), "compose_app_services": []}
     play = {

@@ -411,3 +411,33 @@ def test_connection_uri_and_libpq_environment(database, migrations, run_module, 
     assert result["changed"] is True, result.get("msg")
     assert [row[0] for row in database.history()] == ["1"]
     assert PASSWORD not in json.dumps(result), "a URI carries the password, so it must be no_log"
+
+
+def test_the_deploy_lock_keeps_its_heartbeat_while_a_migration_runs(database, migrations, tmp_path):
+    # The migration waits at a gate the test holds, as a long migration would run: meanwhile the
+    # lock's heartbeat goes on (compose_app's unlock.yml takes a silent heartbeat for a dead deploy).
+    migrations("V1__slow.sql", "SELECT pg_advisory_xact_lock(42);\n")
+    lock = tmp_path / "deploy.lock"
+    lock.mkdir()
+    (lock / "owner").write_text(json.dumps({"controller": "another-host", "pid": 1}) + "\n")
+    heartbeat = lock / "heartbeat"
+    params = dict(database.params(directory=migrations.directory), lock_timeout="60s", lock_dir=str(lock))
+    beats = set()
+    with database.connect(autocommit=True) as gate:
+        gate.execute("SELECT pg_advisory_lock(42)")
+        process = module_process(params, tmp_path)
+        wait_for(database, MIGRATION_WAITS_FOR_A_LOCK)
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            if heartbeat.exists():
+                beats.add(heartbeat.stat().st_mtime_ns)
+            time.sleep(0.1)
+        gate.execute("SELECT pg_advisory_unlock(42)")
+    result = result_of(process)
+    assert result["changed"] is True, result.get("msg")
+    assert len(beats) >= 3, beats
+    assert json.loads(heartbeat.read_text())["pid"] == process.pid
+    # The beat ends with the module.
+    last = heartbeat.stat().st_mtime_ns
+    time.sleep(1.5)
+    assert heartbeat.stat().st_mtime_ns == last
