@@ -4,16 +4,18 @@ Starts a PostgreSQL container (berth/demo-postgres, built by `make prepare`) on 
 engine, generates a database of about --size-mb MB, then, side by side in one run:
   1. bare:  docker exec pg_dump --format=custom --compress=N > file
   2. role:  the role's own script (roles/postgres_backup/files/berth_pg_backup.py run) with the
-            same compression: snapshot export, row counts in it, pg_dump --snapshot, globals,
-            rename, retention, metrics, and its verification by restore into a scratch container,
-            timed on its own.
-Prints both times, the ratio (goal: role backup <= 1.10 x bare), the sizes and the verification time.
+            same compression: snapshot export, pg_dump --snapshot while the rows are counted in
+            that snapshot, globals, rename, retention, metrics, and its verification by restore
+            into a scratch container, timed on its own.
+Prints both times, the ratio (goal: role backup <= 1.10 x bare), the sizes, the verification time,
+and the load average, since other work on the machine shows in both times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -151,14 +153,19 @@ def main() -> int:
         psql("SELECT count(*) FROM orders")  # warm the cache for both runs alike
         with tempfile.TemporaryDirectory(prefix="berth-bench-backup-") as directory:
             work = Path(directory)
+            load_before = os.getloadavg()[0]
             bare_seconds = bare_dump(work / "bare.dump", args.compression)
             bare_size = (work / "bare.dump").stat().st_size
             (work / "bare.dump").unlink()
+            load_between = os.getloadavg()[0]
             role = role_backup(work, args.compression)
+            load_after = os.getloadavg()[0]
         print(f"bare pg_dump -Fc -Z{args.compression}: {bare_seconds:7.1f} s  {bare_size / 1e6:7.1f} MB")
         print(f"role backup (no verify):  {role['backup']:7.1f} s  {role['size'] / 1e6:7.1f} MB")
         print(f"ratio role/bare:          {role['backup'] / bare_seconds:7.2f}  (goal <= 1.10)")
         print(f"verification by restore:  {role['verify']:7.1f} s  (role total {role['wall']:.1f} s)")
+        # Other work on the machine shows in both times; the 1-minute load average says how much.
+        print(f"load average (1 min):     {load_before:.2f} before, {load_between:.2f} between, {load_after:.2f} after")
     finally:
         subprocess.run(["docker", "rm", "-f", CONTAINER], capture_output=True, check=False)
     return 0

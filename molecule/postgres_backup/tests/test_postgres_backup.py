@@ -16,6 +16,8 @@ REMOTE = "/home/backup-target/backups"
 PSQL = "docker exec shop-data-db-1 psql -X -At -U shop"
 ROW_7 = "'SELECT count(*) FROM notes WHERE id = 7'"
 HOOK_LOG = "/var/tmp/berth-pg-backup-failures.log"  # noqa: S108 - a path on the test host, set in molecule.yml
+HOOK_REQUESTS = "/var/tmp/berth-pg-backup-hook-requests.jsonl"  # noqa: S108 - as HOOK_LOG
+SECRETS = ["s3cret-shop-pw", "s3cret-managed-pw", "PRIVATE KEY", "AGE-SECRET-KEY"]
 # gfs job, faked clock 2026-03-15 12:00 UTC, keep_last 2, daily 3, weekly 2, monthly 2, over
 # stand-ins at 01:00 every day since 1 January and at 06:00 on 15 March: the two newest, the newest
 # of 15, 14 and 13 March, of the ISO weeks starting 9 and 2 March, and of March and February.
@@ -123,6 +125,18 @@ def test_database_down_failed_cleanly(host):
 
 def test_failure_hook_fired_for_each_failed_run(host):
     assert sorted(host.file(HOOK_LOG).content_string.split()) == ["full", "managed"]
+
+
+def test_failure_hook_called_the_url_once_per_failed_run_without_secrets(host):
+    recorded = host.file(HOOK_REQUESTS).content_string
+    requests = [json.loads(line) for line in recorded.splitlines()]
+    assert sorted(json.loads(request["body"])["job"] for request in requests) == ["full", "managed"]
+    for request in requests:
+        assert request["method"] == "POST" and request["path"] == "/berth-hook"
+        assert request["headers"]["Content-Type"] == "application/json"
+        body = json.loads(request["body"])
+        assert body == {"job": body["job"], "host": host.check_output("uname -n"), "status": "failed"}
+    assert [secret for secret in SECRETS if secret in recorded] == []
 
 
 def test_managed_backup_went_over_verified_tls(host):

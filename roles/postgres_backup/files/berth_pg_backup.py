@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
@@ -194,8 +195,8 @@ def parse_counts(lines: list[str]) -> dict:
 
 
 class Snapshot:
-    """A REPEATABLE READ transaction that exports its snapshot and counts every table in it; it
-    stays open until the dump that imports the snapshot has finished."""
+    """A REPEATABLE READ transaction that exports its snapshot and counts every table in it (while
+    the dump that imports the snapshot runs); it stays open until that dump has finished."""
 
     def __init__(self, job: dict):
         argv = client(
@@ -218,10 +219,15 @@ class Snapshot:
                 return lines
             lines.append(line.rstrip("\n"))
 
-    def open(self) -> tuple[str, int, dict]:
+    def open(self) -> tuple[str, int]:
         self.ask("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;\n")
+        # The first statement fixes the transaction's snapshot: the one exported, and the one the
+        # counts below see.
         snapshot, version = self.ask("SELECT pg_export_snapshot();\nSHOW server_version_num;\n")
-        return snapshot, int(version), parse_counts(self.ask(COUNT_QUERY))
+        return snapshot, int(version)
+
+    def count(self) -> dict:
+        return parse_counts(self.ask(COUNT_QUERY))
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -246,15 +252,24 @@ def check_client_version(job: dict, server_version: int) -> None:
         )
 
 
-def dump(job: dict, snapshot: str, target: str) -> None:
+def dump_and_count(job: dict, session: Snapshot, snapshot: str, target: str) -> dict:
+    """pg_dump --snapshot into TARGET while the session that exported the snapshot counts the rows
+    of every table in it: the counts are exact for the dump, and take none of the dump's time."""
     argv = client(job, "pg_dump", "--format=custom", f"--compress={job['compression']}", f"--snapshot={snapshot}")
     argv += ["--dbname", job["database"]]
-    with open(target, "xb") as output:
-        result = subprocess.run(argv, stdout=output, stderr=subprocess.PIPE, env=libpq_env(job), check=False)
-    if result.returncode != 0:
-        raise BackupError(
-            f"pg_dump failed (exit {result.returncode}): {result.stderr.decode(errors='replace').strip()}"
-        )
+    with open(target, "xb") as output, tempfile.TemporaryFile() as errors:
+        dumping = subprocess.Popen(argv, stdout=output, stderr=errors, env=libpq_env(job))
+        try:
+            counts = session.count()
+        except BaseException:
+            dumping.kill()
+            raise
+        finally:
+            returncode = dumping.wait()
+        if returncode != 0:
+            errors.seek(0)
+            raise BackupError(f"pg_dump failed (exit {returncode}): {errors.read().decode(errors='replace').strip()}")
+    return counts
 
 
 def dump_globals(job: dict, target: str) -> None:
@@ -489,9 +504,9 @@ def backup_once(job: dict, state: dict) -> dict:
     try:
         session = Snapshot(job)
         try:
-            snapshot, server_version, counts = session.open()
+            snapshot, server_version = session.open()
             check_client_version(job, server_version)
-            dump(job, snapshot, partials[0])
+            counts = dump_and_count(job, session, snapshot, partials[0])
         finally:
             session.close()
         log(f"dumped {job['database']} at snapshot {snapshot}: {len(counts)} tables, {sum(counts.values())} rows")
