@@ -252,6 +252,8 @@ def gate_failure_message(gate, containers):
             f"expected {expectation} {gate['successes']} times in a row; last probe: {last['reason']} "
             f"(status {last['status']}, body {last['body']!r})"
         )
+        if gate.get("cause"):
+            what += f"; then the service's containers: {gate['cause']}"
     parts = [what]
     for item in containers:
         health_lines = (
@@ -590,6 +592,11 @@ def apply(plan, run, result, quiet_run=None):
         def explain():
             # A container failure concerns the whole color: every container's logs, not one service's.
             documents = docker_documents(run, plan["project"]) if "reason" in gate else None
+            if "reason" not in gate:
+                # Probes failing because the container stopped between two Docker checks: say so.
+                cause = container_trouble(run, plan["project"], gate["service"])
+                if cause:
+                    gate["cause"] = cause
             return explained(plan, run, gate, documents)
 
         switch_back(plan, run, result, failure, explain)
