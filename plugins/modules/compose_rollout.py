@@ -279,8 +279,8 @@ failed_gate:
     - On a failed gate, the gate (as in RV(gates)), the service and color, and either the reason (health,
       stopped container) or, for HTTP gates, the URL, the expectation and the last probe result (status and an
       excerpt of the body). The last line of each health log entry and the last log lines are in RV(ignore:msg).
-    - When probes failed in the watch window because the service's containers had stopped by then, C(cause) says
-      so (for example C(a container stopped: exited)), in RV(ignore:msg) too.
+    - "When probes failed in the watch window because the service's containers had stopped by then, C(cause) says
+      so (for example C(a container stopped: exited)), in RV(ignore:msg) too."
   returned: when a gate failed
   type: dict
   sample:
