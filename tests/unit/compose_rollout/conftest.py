@@ -5,6 +5,7 @@ Everything is named crtest-* (containers, projects, network) and removed at the 
 """
 
 import copy
+import http.client
 import json
 import os
 import re
@@ -49,8 +50,13 @@ def http_get(url, timeout=3):
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - 127.0.0.1 test URLs
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError as exc:
+        try:
+            return exc.code, exc.read().decode()
+        except (OSError, http.client.HTTPException):
+            return exc.code, ""
+    # A connection refused or reset, or a response cut off (http.client.IncompleteRead) when the
+    # server dies while answering: a failed request, never an exception in a client loop's thread.
+    except (OSError, http.client.HTTPException) as exc:
         return None, str(exc)
 
 
