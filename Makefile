@@ -56,10 +56,10 @@ molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=con
 	done
 
 # `make test` runs these two lanes side by side after prepare (tests/harness/lanes.py); every
-# scenario under molecule/ must be in one of them. Balanced by their measured times: unit and
-# compose_app take about as long as the static checks and the other scenarios together.
-LANE_APP := unit,molecule:compose_app
-LANE_HOSTS := lint,sanity,molecule:docker_host,molecule:nginx,molecule:firewall,molecule:postgres_backup
+# scenario under molecule/ must be in one of them. Balanced by their measured times: sanity, unit
+# and compose_app take about as long as lint and the other scenarios together.
+LANE_APP := sanity,unit,molecule:compose_app
+LANE_HOSTS := lint,molecule:docker_host,molecule:nginx,molecule:firewall,molecule:postgres_backup
 
 test: ## Everything CI runs: prepare, then two lanes side by side; each lane stops at its first failure
 	@rm -f $(BERTH_STAGE_RECORD)
