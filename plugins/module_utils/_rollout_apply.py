@@ -117,6 +117,7 @@ def unchanged(params, run):
         "state": state,
         "fingerprint": states.load_fingerprint(path),
         "locked": bool(params["lock_dir"]) and os.path.isdir(params["lock_dir"]),
+        "services": services,
         "upstream_files": {
             upstream: upstreams.read_file(upstream)
             for upstream in planning.upstream_paths(services, params["upstreams_dir"])

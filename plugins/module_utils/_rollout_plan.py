@@ -264,8 +264,8 @@ def unchanged_reason(params, observed):
     """Why the deploy of ``params`` has something to do, or None when it has nothing to do by its files.
 
     ``observed``: ``state`` (state.json), ``fingerprint`` (the last complete deploy's record), ``locked``
-    (whether O(lock_dir) exists) and ``upstream_files`` (path -> content). Whether the containers run is
-    for the caller to ask Docker.
+    (whether O(lock_dir) exists), ``services`` (with their defaults) and ``upstream_files`` (path -> content).
+    Whether the containers run is for the caller to ask Docker.
     """
     release = params["release"]
     if observed["locked"]:
@@ -277,11 +277,9 @@ def unchanged_reason(params, observed):
         "fingerprint": params["fingerprint"],
     }:
         return f"the inputs of this deploy differ from those of the last complete deploy of release {release}"
-    services = [model.with_defaults(params["app"], raw) for raw in params["services"]]
     color = states.active_color(observed["state"])
-    changed = [
-        item["name"] for item in _upstreams(params, services, color, observed["upstream_files"]) if item["changed"]
-    ]
+    planned = _upstreams(params, observed["services"], color, observed["upstream_files"])
+    changed = [item["name"] for item in planned if item["changed"]]
     if changed:
         return f"the upstream files of {', '.join(changed)} do not point at color {color} of release {release}"
     return None
