@@ -64,8 +64,8 @@ LANE_HOSTS := lint,molecule:docker_host,molecule:nginx,molecule:firewall,molecul
 test: ## Everything CI runs: prepare, then two lanes side by side; each lane stops at its first failure
 	@rm -f $(BERTH_STAGE_RECORD)
 	@$(STAGE) prepare $(MAKE) --no-print-directory prepare
-	@python3 tests/harness/lanes.py --lane app=$(LANE_APP) --lane hosts=$(LANE_HOSTS); \
-	  rc=$$?; $(STAGE) --summary; exit $$rc
+	@rc=0; python3 tests/harness/lanes.py --lane app=$(LANE_APP) --lane hosts=$(LANE_HOSTS) || rc=$$?; \
+	  $(STAGE) --summary; exit $$rc
 
 demo: prepare ## Provision a local Debian 13 container with deploy.yml and show the result
 	ansible-playbook tests/harness/demo_target.yml
