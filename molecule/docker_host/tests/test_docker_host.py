@@ -109,3 +109,15 @@ def test_upstream_source_template_is_a_valid_signed_deb822_source(host):
         "-o Dir::Etc::SourceParts=/nonexistent --no-release-info --format '$(URI)'"
     )
     assert "https://download.docker.com/linux/debian/dists/trixie/stable/" in targets
+
+
+def test_root_is_logged_in_to_the_private_registry_in_a_root_only_file(host):
+    config = host.file("/root/.docker/config.json")
+    assert (config.user, config.group, config.mode) == ("root", "root", 0o600)
+    assert host.file("/root/.docker").mode == 0o700
+    assert list(json.loads(config.content_string)["auths"]) == ["localhost:5000"]
+    # The registry refuses a client without the login; root's client gets as far as the missing image.
+    anonymous = host.run("docker --config /tmp/berth-no-login pull localhost:5000/berth/absent:1")
+    assert anonymous.rc != 0 and "no basic auth credentials" in anonymous.stderr, anonymous.stderr
+    logged_in = host.run("docker pull localhost:5000/berth/absent:1")
+    assert logged_in.rc != 0 and "manifest unknown" in logged_in.stderr, logged_in.stderr
