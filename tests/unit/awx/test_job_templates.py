@@ -58,15 +58,8 @@ def test_every_awx_task_gets_as_far_as_the_connection(results):
 
 def test_one_template_per_environment_and_existing_playbook(results):
     labels = sorted(item["item"][0] + " " + item["item"][1]["name"] for item in results["Create the job templates"])
-    # backup-now and restore wait for playbooks/backup.yml and restore.yml (the postgres_backup role).
-    expected = [
-        f"{environment} {name}"
-        for environment in ("prod", "staging")
-        for name in ("deploy", "preflight", "provision", "rollback")
-    ]
-    missing_playbooks = [p for p in ("playbooks/backup.yml", "playbooks/restore.yml") if not (REPO / p).exists()]
-    if not missing_playbooks:
-        expected += [f"{env} {name}" for env in ("prod", "staging") for name in ("backup-now", "restore")]
+    names = ("backup-now", "deploy", "preflight", "provision", "restore", "rollback")
+    expected = [f"{environment} {name}" for environment in ("prod", "staging") for name in names]
     assert labels == sorted(expected)
     for item in results["Create the job templates"]:
         assert (REPO / item["item"][1]["playbook"]).is_file()
@@ -83,6 +76,31 @@ def test_surveys_ask_for_variables_the_playbooks_read(results):
     assert rollback[0]["question_description"] == option["description"]
     assert rollback[0]["required"] is False
     assert surveys["provision"] == []
+
+
+@pytest.mark.parametrize(("template", "entry_point"), [("backup-now", "backup"), ("restore", "restore")])
+def test_backup_surveys_ask_for_options_of_the_entry_point_their_playbook_runs(results, template, entry_point):
+    """Each question sets an option of the postgres_backup entry point, described and required as its spec says."""
+    surveys = {item["item"][1]["name"]: item["item"] for item in results["Create the job templates"]}
+    playbook = yaml.safe_load((REPO / surveys[template][1]["playbook"]).read_text())
+    included = playbook[0]["tasks"][0]["ansible.builtin.include_role"]
+    assert (included["name"], included["tasks_from"]) == ("berth.stack.postgres_backup", entry_point)
+    specs = yaml.safe_load((REPO / "roles" / "postgres_backup" / "meta" / "argument_specs.yml").read_text())
+    options = specs["argument_specs"][entry_point]["options"]
+    questions = surveys[template][1]["questions"]
+    assert questions
+    for question in questions:
+        option = options[question["variable"]]
+        assert question["question_description"] == option["description"], question
+        assert question["required"] is option.get("required", False), question
+    if template == "restore":
+        asked = [question["variable"] for question in questions]
+        assert asked == [
+            "postgres_backup_restore_job",
+            "postgres_backup_restore_backup",
+            "postgres_backup_restore_database",
+            "postgres_backup_restore_replace_live",
+        ]
 
 
 def test_workflow_runs_deploy_after_provision(results):
