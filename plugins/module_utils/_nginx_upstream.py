@@ -52,6 +52,39 @@ def dumped_files(dump):
     return set(re.findall(r"^# configuration file (.+):$", dump or "", re.MULTILINE))
 
 
+def _blocks(text, keyword):
+    """The bodies of the ``<keyword> {...}`` blocks of an nginx configuration text, nested blocks included."""
+    bodies = []
+    for match in re.finditer(r"(?:^|[\s;{}])" + keyword + r"\s*\{", text):
+        depth, start = 1, match.end()
+        for index in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[index], 0)
+            if depth == 0:
+                bodies.append(text[start:index])
+                break
+    return bodies
+
+
+def site_certificate(dump, server_name):
+    """The ``ssl_certificate`` of the server block in an ``nginx -T`` dump that listens with ssl and lists
+    ``server_name``, as an absolute path (a relative one is nginx's: against its main file's directory);
+    None when no such block exists."""
+    files = re.findall(r"^# configuration file (.+):$", dump or "", re.MULTILINE)
+    base = os.path.dirname(files[0]) if files else "/etc/nginx"
+    text = re.sub(r"#[^\n]*", "", dump or "")
+    for body in _blocks(text, "server"):
+        # The server's own directives: its location blocks are not searched.
+        own = body
+        while re.search(r"\{[^{}]*\}", own):
+            own = re.sub(r"\{[^{}]*\}", "", own)
+        names = re.findall(r"\bserver_name\s+([^;]+);", own)
+        listens_tls = re.search(r"\blisten\s+[^;]*\bssl\b", own)
+        certificate = re.search(r"\bssl_certificate\s+([^;\s]+)\s*;", own)
+        if listens_tls and certificate and any(server_name in value.split() for value in names):
+            return os.path.join(base, certificate.group(1).strip("'\""))
+    return None
+
+
 def write_atomically(path, content, mode=FILE_MODE):
     """Replace ``path`` with ``content`` in one rename, so nginx never reads half a file."""
     files.write_atomically(path, content, mode)

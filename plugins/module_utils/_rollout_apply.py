@@ -286,11 +286,12 @@ def explained(plan, run, gate, documents=None):
     return RolloutFailed(gate_failure_message(gate, containers), failed_gate=gate, **details)
 
 
-def probe_once(probe, url, host_header=None):
+def probe_once(probe, url, host_header=None, tls=None):
     headers = dict(probe["headers"])
     if host_header:
         headers["Host"] = host_header
-    return health.probe(url, probe["method"], probe["status"], probe["expression"], headers, probe["request_timeout"])
+    timeout = probe["request_timeout"]
+    return health.probe(url, probe["method"], probe["status"], probe["expression"], headers, timeout, tls)
 
 
 def probe_failure(plan, kind, service, probe, url, attempts, last):
@@ -300,7 +301,7 @@ def probe_failure(plan, kind, service, probe, url, attempts, last):
     return gate
 
 
-def probe_gate(plan, run, gates, kind, service, probe, url, host_header=None, grace_until=None):
+def probe_gate(plan, run, gates, kind, service, probe, url, host_header=None, grace_until=None, tls=None):
     """One HTTP gate (``http`` on a replica's port, ``nginx`` through nginx): recorded, and raised when it
     fails: ``failures`` failures in a row (not counted before ``grace_until``), the timeout, or a
     container of the service that stopped."""
@@ -310,7 +311,7 @@ def probe_gate(plan, run, gates, kind, service, probe, url, host_header=None, gr
         return reason if reason and "unhealthy" not in reason else None
 
     passed, attempts, last = health.probe_until(
-        lambda: probe_once(probe, url, host_header),
+        lambda: probe_once(probe, url, host_header, tls),
         probe["successes"],
         probe["interval"],
         probe["timeout"],
@@ -385,7 +386,8 @@ def recheck_before_switch(plan, run, gates):
 
 def probe_through_nginx(plan, run, gates):
     for service, probe, url in nginx_probes(plan):
-        probe_gate(plan, run, gates, "nginx", service, probe, url, plan["settings"]["nginx_host_header"])
+        host_header = plan["settings"]["nginx_host_header"]
+        probe_gate(plan, run, gates, "nginx", service, probe, url, host_header, tls=plan.get("nginx_tls"))
 
 
 def watch(plan, run, result, clock=time.monotonic, sleep=time.sleep):
@@ -418,7 +420,7 @@ def watch(plan, run, result, clock=time.monotonic, sleep=time.sleep):
                 gate = {"gate": "watch", "service": plan["project"], "color": plan["color"], "reason": reason}
                 raise WatchFailed(gate)
         for number, (kind, service, probe, url, host) in enumerate(checks):
-            last = probe_once(probe, url, host)
+            last = probe_once(probe, url, host, plan.get("nginx_tls") if host is not None else None)
             failed_in_a_row[number] = 0 if last["ok"] else failed_in_a_row[number] + 1
             if failed_in_a_row[number] >= probe["failures"]:
                 result["gates"].append({"gate": kind, "service": service["name"], "passed": False, "rounds": rounds})
@@ -488,11 +490,36 @@ def switch_upstreams(plan, run):
                 f"`{' '.join(dump)}` {why}; upstreams_dir={settings['upstreams_dir']!r} must be the directory "
                 "nginx includes (the nginx role's upstreams directory); previous files restored, traffic untouched"
             )
+        plan["nginx_tls"] = nginx_tls(plan, out)
+    else:
+        plan["nginx_tls"] = nginx_tls(plan, None)
     rc, message = nginx_command(run, settings["nginx_reload_command"])
     if rc != 0:
         restore_upstreams(plan)
         nginx_command(run, settings["nginx_reload_command"])
         raise RolloutFailed(f"nginx reload failed, previous upstream files restored: {message}")
+
+
+def nginx_tls(plan, dump):
+    """How the probes through an https nginx_url verify nginx: SNI and name from nginx_host_header, the
+    certificate against nginx_ca_file, else against the certificate of the server nginx -T shows for that
+    name (the site's own), else (no dump) the system CAs. None for http. Restores and raises, before the
+    reload, when the dump has no TLS server for the name: the probes could not reach the site."""
+    settings = plan["settings"]
+    if not (settings["nginx_url"] or "").startswith("https://"):
+        return None
+    name = settings["nginx_host_header"]
+    ca_file = settings["nginx_ca_file"]
+    if not ca_file and dump is not None:
+        ca_file = upstreams.site_certificate(dump, name)
+        if ca_file is None:
+            restore_upstreams(plan)
+            raise RolloutFailed(
+                f"nginx_url={settings['nginx_url']!r}: `nginx -T` shows no server that listens with ssl and has "
+                f"server_name {name} (nginx_host_header), so the probes through nginx could not verify the site; "
+                "previous files restored, traffic untouched"
+            )
+    return {"server_name": name, "ca_file": ca_file}
 
 
 def record(plan, result):

@@ -31,6 +31,7 @@ ARGUMENT_SPEC = {
     "upstream_keepalive": {"type": "int", "default": 16},
     "nginx_url": {"type": "str", "default": "http://127.0.0.1"},
     "nginx_host_header": {"type": "str"},
+    "nginx_ca_file": {"type": "path"},
     "nginx_test_command": {"type": "list", "elements": "str", "default": ["nginx", "-t", "-q"]},
     "nginx_reload_command": {"type": "list", "elements": "str", "default": ["systemctl", "reload", "nginx"]},
     "drain_seconds": {"type": "float", "default": 5},
@@ -66,6 +67,13 @@ def validation_errors(params):
         errors.append(f"lock_dir={params['lock_dir']!r}: no such directory (the caller takes the lock first)")
     if params["nginx_url"] and not re.match(r"^https?://[^/]+$", params["nginx_url"]):
         errors.append(f"nginx_url={params['nginx_url']!r}: give scheme and host only, e.g. http://127.0.0.1")
+    if (params["nginx_url"] or "").startswith("https://") and not params["nginx_host_header"]:
+        errors.append(
+            f"nginx_url={params['nginx_url']!r}: an https URL needs nginx_host_header, the site's server name the "
+            "probes send as SNI and Host and verify the certificate for"
+        )
+    if params["nginx_ca_file"] and not os.path.isfile(params["nginx_ca_file"]):
+        errors.append(f"nginx_ca_file={params['nginx_ca_file']!r}: no such file on the host")
     return errors + model.service_errors(params["app"], params["services"], "services")
 
 
@@ -236,6 +244,7 @@ def plan_rollout(params, observed):
                 "upstreams_dir",
                 "nginx_url",
                 "nginx_host_header",
+                "nginx_ca_file",
                 "nginx_test_command",
                 "nginx_reload_command",
                 "drain_seconds",

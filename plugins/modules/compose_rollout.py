@@ -105,12 +105,25 @@ options:
   nginx_url:
     description:
       - Base URL of nginx for the probes after the switch, for example C(http://127.0.0.1) or C(https://127.0.0.1).
+      - For a site with TLS at nginx (its plain HTTP port redirects), give C(https://127.0.0.1) and
+        O(nginx_host_header); see O(nginx_ca_file) for how the certificate is verified.
       - An empty string skips the probes through nginx.
     type: str
     default: http://127.0.0.1
   nginx_host_header:
-    description: C(Host) header for the probes through nginx, to reach the app's site.
+    description:
+      - C(Host) header for the probes through nginx, to reach the app's site.
+      - With an https O(nginx_url), also the name sent as SNI and the name the certificate is verified for;
+        required then.
     type: str
+  nginx_ca_file:
+    description:
+      - For an https O(nginx_url), the certificate file on the host the probes verify nginx's certificate
+        against; any certificate in it is trusted as an anchor, so the site's own certificate is enough.
+      - Without it, the module takes the C(ssl_certificate) of the server that C(nginx -T) shows listening
+        with ssl for O(nginx_host_header) (and fails before the reload when there is none); without C(nginx -T)
+        (an O(nginx_test_command) without C(-t)), the host's system CAs.
+    type: path
   nginx_test_command:
     description:
       - Command that checks the complete nginx configuration.

@@ -27,6 +27,9 @@ APP = "crtest"
 NETWORK = "crtest-net"
 NGINX_PORT = 18250
 PLACEHOLDER_PORT = 18251
+# The same site over TLS, as the nginx role serves a site with a certificate: its name and its port.
+TLS_NAME = "crtest.example.test"
+NGINX_TLS_PORT = 18252
 DATABASE_PORT = 18260
 PORTS = {"backend": {"blue": 18210, "green": 18220}, "frontend": {"blue": 18211, "green": 18221}}
 API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
@@ -140,9 +143,18 @@ class Nginx:
                 f"upstream {name} {{\n    server 127.0.0.1:{PLACEHOLDER_PORT} max_fails=0;\n    keepalive 16;\n}}\n"
             )
 
+    def make_certificate(self, stem, name):
+        """A self-signed certificate for ``name`` (key and certificate files in the prefix); its path."""
+        certificate = self.prefix / f"{stem}.crt"
+        request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}"]
+        request += ["-addext", f"subjectAltName=DNS:{name}", "-keyout", str(self.prefix / f"{stem}.key")]
+        sh(*request, "-out", str(certificate))
+        return certificate
+
     def write_config(self):
         self.upstreams.mkdir(parents=True)
         self.write_placeholders()
+        self.make_certificate("tls", TLS_NAME)
         self.conf.write_text(
             f"""
 # The test runs as root in a private prefix; workers need its temporary directories.
@@ -168,6 +180,16 @@ http {{
         proxy_set_header Connection "";
         location /api/ {{ proxy_pass http://crtest_backend; }}
         location /missing/ {{ return 404; }}
+        location / {{ proxy_pass http://crtest_frontend; }}
+    }}
+    server {{
+        listen 127.0.0.1:{NGINX_TLS_PORT} ssl;
+        server_name {TLS_NAME};
+        ssl_certificate tls.crt;
+        ssl_certificate_key tls.key;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location /api/ {{ proxy_pass http://crtest_backend; }}
         location / {{ proxy_pass http://crtest_frontend; }}
     }}
 }}

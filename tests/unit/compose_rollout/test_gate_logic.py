@@ -1,6 +1,8 @@
 """compose_rollout's pure helpers: consecutive-success counting, body assertions, state history, upstream text."""
 
 import json
+import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -209,3 +211,52 @@ def test_upstream_file_follows_the_contract(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["demo_backend.conf"]
     upstreams.restore(path, None)
     assert not (tmp_path / "demo_backend.conf").exists()
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """A real HTTPS server on 127.0.0.1 with a self-signed certificate for site.example.test, recording the
+    SNI name and the Host header of each request."""
+    certificate, key = tmp_path / "site.crt", tmp_path / "site.key"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    request += ["-subj", "/CN=site.example.test"]
+    request += ["-addext", "subjectAltName=DNS:site.example.test", "-keyout", str(key), "-out", str(certificate)]
+    subprocess.run(request, capture_output=True, check=True)
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(("host", self.headers["Host"]))
+            raw = json.dumps({"status": "ok"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    context.sni_callback = lambda _socket, name, _context: seen.append(("sni", name))
+    server = ThreadingHTTPServer(("127.0.0.1", 18278), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield {"url": "https://127.0.0.1:18278/health", "certificate": str(certificate), "seen": seen}
+    server.shutdown()
+
+
+def test_https_probe_sends_the_name_as_sni_and_host_and_trusts_the_sites_own_certificate(tls_server):
+    tls = {"server_name": "site.example.test", "ca_file": tls_server["certificate"]}
+    headers = {"Host": "site.example.test"}
+    result = health.probe(tls_server["url"], expression="status == 'ok'", headers=headers, timeout=5, tls=tls)
+    assert result["ok"] is True, result
+    assert tls_server["seen"] == [("sni", "site.example.test"), ("host", "site.example.test")]
+
+
+def test_https_probe_without_the_sites_certificate_fails_verification(tls_server):
+    # The system's CAs do not know a self-signed certificate.
+    result = health.probe(tls_server["url"], timeout=5, tls={"server_name": "site.example.test"})
+    assert result["ok"] is False
+    assert "CERTIFICATE_VERIFY_FAILED" in result["reason"]
