@@ -11,78 +11,42 @@ vault-encrypted file decrypts through env/passwords, extra vars arrive, the even
 own tests (Molecule) do that on the same kind of host.
 """
 
-import json
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
-from awx_harness import BIN, TEST_VAULT_PASSWORD, copy_project, run, tool_env
+from awx_harness import TEST_VAULT_PASSWORD
+from awx_job import run_job, write_private_data_dir
 
 RELEASE = "2.0.1"
+PROJECT_PREFLIGHT = "playbooks/preflight.yml"
 
 
-def write_private_data_dir(pdd: Path, host: str, secrets: dict, vault_password: str) -> None:
-    copy_project(pdd / "project")
-    group_vars = pdd / "inventory" / "group_vars" / "all"
-    group_vars.mkdir(parents=True)
-    (pdd / "inventory" / "hosts.yml").write_text(
-        yaml.safe_dump(
-            {
+def write_job(pdd: Path, host: str, secrets: dict, vault_answer: str) -> None:
+    write_private_data_dir(
+        pdd,
+        {
+            "hosts": {
                 "docker_hosts": {
-                    "hosts": {
-                        host: {
-                            "ansible_connection": "community.docker.docker",
-                            "ansible_python_interpreter": "/usr/bin/python3",
-                        }
+                    host: {
+                        "ansible_connection": "community.docker.docker",
+                        "ansible_python_interpreter": "/usr/bin/python3",
                     }
                 }
-            }
-        )
+            },
+            # The product definition every environment shares, as the project has it.
+            "group_vars_links": {"all/product.yml": "inventories/shared/product.yml"},
+            # This environment's values; the registry is the shared file's SET: value, so it is replaced
+            # at the docker_hosts group, which takes precedence over the files in group_vars/all.
+            "group_vars": {
+                "all/main.yml": {"product_domains": ["shop.awxtest.invalid"], "product_tls": {"source": "self_signed"}},
+                "docker_hosts.yml": {"product_image_registry": "registry.awxtest.invalid/shop"},
+            },
+            "vault": secrets,
+            "vault_answer": vault_answer,
+            "extravars": {"product_release": RELEASE, "awx_job_id": 1, "awx_job_template_name": "staging preflight"},
+        },
     )
-    # The product definition every environment shares, as the project has it.
-    (group_vars / "product.yml").symlink_to("../../../project/inventories/shared/product.yml")
-    # This environment's values; the registry is the shared file's SET: value, so it is replaced at the
-    # docker_hosts group, which takes precedence over the files in group_vars/all.
-    (group_vars / "main.yml").write_text(
-        yaml.safe_dump({"product_domains": ["shop.awxtest.invalid"], "product_tls": {"source": "self_signed"}})
-    )
-    (pdd / "inventory" / "group_vars" / "docker_hosts.yml").write_text(
-        yaml.safe_dump({"product_image_registry": "registry.awxtest.invalid/shop"})
-    )
-    vault = group_vars / "vault.yml"
-    vault.write_text(yaml.safe_dump(secrets))
-    password_file = pdd / "vault-password-for-encrypting"
-    password_file.write_text(TEST_VAULT_PASSWORD)
-    encrypt = run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(password_file), str(vault)])
-    assert encrypt.returncode == 0, encrypt.stderr
-    password_file.unlink()
-    assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
-
-    env = pdd / "env"
-    env.mkdir()
-    (env / "extravars").write_text(
-        json.dumps({"product_release": RELEASE, "awx_job_id": 1, "awx_job_template_name": "staging preflight"})
-    )
-    (env / "passwords").write_text(json.dumps({r"^Vault password:\s*?$": vault_password}))
-    (env / "cmdline").write_text("--ask-vault-pass")
-    # AWX's own collections path replaces ansible.cfg's: what requirements.yml installed, then the defaults.
-    awx_collections = [f"{pdd}/requirements_collections", "~/.ansible/collections", "/usr/share/ansible/collections"]
-    (env / "envvars").write_text(json.dumps({"ANSIBLE_COLLECTIONS_PATH": ":".join(awx_collections)}))
-
-
-def run_job(pdd: Path):
-    result = run(
-        [str(BIN / "ansible-runner"), "run", str(pdd), "--playbook", "playbooks/preflight.yml", "--ident", "job1"],
-        env=tool_env(),
-    )
-    artifacts = pdd / "artifacts" / "job1"
-    assert (artifacts / "status").exists(), result.stdout[-3000:] + result.stderr[-3000:]
-    events = [json.loads(path.read_text()) for path in (artifacts / "job_events").glob("*.json")]
-    events.sort(key=lambda event: event["counter"])
-    stream = "".join(path.read_text() for path in (artifacts / "job_events").glob("*.json"))
-    stdout = (artifacts / "stdout").read_text()
-    return (artifacts / "status").read_text().strip(), events, stream + stdout, stdout
 
 
 @pytest.fixture
@@ -97,8 +61,8 @@ def ok_tasks(events):
 
 def test_preflight_job_succeeds_with_the_vault_credential(test_host, tmp_path, secrets):
     pdd = tmp_path / "job"
-    write_private_data_dir(pdd, test_host, secrets, TEST_VAULT_PASSWORD)
-    status, events, everything, stdout = run_job(pdd)
+    write_job(pdd, test_host, secrets, TEST_VAULT_PASSWORD)
+    status, events, everything, stdout = run_job(pdd, PROJECT_PREFLIGHT)
 
     assert status == "successful", stdout[-4000:]
     ok = ok_tasks(events)
@@ -123,8 +87,8 @@ def test_preflight_job_succeeds_with_the_vault_credential(test_host, tmp_path, s
 
 def test_preflight_job_fails_on_a_wrong_vault_password_and_shows_no_secret(test_host, tmp_path, secrets):
     pdd = tmp_path / "job"
-    write_private_data_dir(pdd, test_host, secrets, "not-the-vault-password")
-    status, events, everything, stdout = run_job(pdd)
+    write_job(pdd, test_host, secrets, "not-the-vault-password")
+    status, events, everything, stdout = run_job(pdd, PROJECT_PREFLIGHT)
 
     assert status == "failed"
     assert "Decryption failed" in stdout, stdout[-4000:]
