@@ -213,6 +213,10 @@ def cleanup():
     for project in ("naive", "blue", "green", "data"):
         sh("docker", "compose", "-p", f"{PREFIX}-{project}", "down", "--volumes", "--timeout", "2", check=False)
     sh("docker", "network", "rm", NETWORK, check=False)
+    # The images' keepers (compose_rollout keeps each recorded release's images from a prune).
+    keepers = sh("docker", "ps", "--all", "--quiet", "--filter", f"label=berth.keep.app={PREFIX}", check=False)
+    if keepers.stdout.split():
+        sh("docker", "rm", "--force", *keepers.stdout.split(), check=False)
 
 
 def rollout(work: Path, nginx: list[str], version: str):

@@ -16,6 +16,9 @@ import os
 COMPOSE_LABEL_PROJECT = "com.docker.compose.project"
 COMPOSE_LABEL_SERVICE = "com.docker.compose.service"
 COMPOSE_LABEL_ONEOFF = "com.docker.compose.oneoff"
+# A keeper: a created, never started container that holds one image of a recorded release.
+KEEP_LABEL_APP = "berth.keep.app"
+KEEP_LABEL_RELEASE = "berth.keep.release"
 
 
 class DockerError(Exception):
@@ -119,3 +122,25 @@ def image_record(run, document):
     rc, out, _err = run(["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", image_id])
     digests = json.loads(out) if rc == 0 and out.strip() else []
     return {"image": document["Config"]["Image"], "image_id": image_id, "repo_digests": digests or []}
+
+
+def keepers(run, app):
+    """{name: image reference it was created from} of the app's keepers."""
+    ids = check(run, ["docker", "ps", "--all", "--quiet", "--no-trunc", "--filter", f"label={KEEP_LABEL_APP}={app}"])
+    if not ids.split():
+        return {}
+    documents = json.loads(check(run, ["docker", "inspect", *ids.split()]))
+    return {document["Name"].lstrip("/"): document["Config"]["Image"] for document in documents}
+
+
+def create_keeper(run, app, release, name, image):
+    """Create (never start) a container of ``image``, the reference the release's compose file names:
+    while the container exists, ``docker image prune`` does not remove the image."""
+    labels = ["--label", f"{KEEP_LABEL_APP}={app}", "--label", f"{KEEP_LABEL_RELEASE}={release}"]
+    # No network, and an entrypoint that only names its purpose: the container is never started.
+    argv = ["docker", "create", "--name", name, *labels, "--network", "none", "--entrypoint", "/berth-image-keeper"]
+    return check(run, [*argv, image])
+
+
+def remove_containers(run, names):
+    return check(run, ["docker", "rm", "--force", *names])

@@ -549,6 +549,36 @@ def record(plan, result):
     result.update(pruned_releases=pruned, history=state["releases"])
 
 
+def keeper_name(app, release, service):
+    return f"{app}-keep-{release}-{service}"
+
+
+def keep_images(run, app, releases):
+    """Keep the images of every recorded release on the host: one created, never started container per
+    release and service (``<app>-keep-<release>-<service>``, label berth.keep.app), created from the
+    image reference the release's compose file names, holds the image and that reference, so
+    ``docker image prune --all`` (the docker_host prune timer's) leaves what a rollback to any recorded
+    release needs. Keepers of releases no longer recorded are removed. Returns warnings: the release
+    already serves, so a keeper that cannot be made never fails the rollout."""
+    wanted = {
+        keeper_name(app, entry["release"], service): (entry["release"], record["image"])
+        for entry in releases
+        for service, record in (entry.get("images") or {}).items()
+        if record.get("image")
+    }
+    try:
+        existing = docker.keepers(run, app)
+        stale = [name for name, image in existing.items() if name not in wanted or wanted[name][1] != image]
+        if stale:
+            docker.remove_containers(run, stale)
+        for name, (release, image) in wanted.items():
+            if name not in existing or name in stale:
+                docker.create_keeper(run, app, release, name, image)
+    except docker.DockerError as exc:
+        return [f"the images of the recorded releases may not all be kept from a prune: {exc}"]
+    return []
+
+
 def stop_quietly(run, project, timeout):
     """Stop a color on the way out of a failure; a failure to stop must not hide the first error."""
     with contextlib.suppress(docker.DockerError):
@@ -642,6 +672,8 @@ def apply(plan, run, result, quiet_run=None):
                     f"release {release} serves on color {plan['color']} and is recorded as active, "
                     f"but stopping the old color {old_project} failed: {exc}"
                 ) from exc
+    with timed(result, "keep_images"):
+        result["warnings"] = keep_images(run, plan["app"], plan["state"]["releases"])
 
 
 def outcome(plan, run, result, quiet_run=None):

@@ -50,6 +50,9 @@ description:
     variable C(BERTH_PORT_<SERVICE>) (service name upper-cased, other characters as C(_)), for example
     C(ports: [\"127.0.0.1:${BERTH_PORT_BACKEND}:8000\"]), and the color in C(BERTH_COLOR)."
   - A rollback is the same call with an earlier release's O(release) and O(release_dir).
+  - Each recorded release keeps its images on the host - one created, never started container per service
+    (C(<app>-keep-<release>-<service>), label C(berth.keep.app)) holds the recorded image, so
+    C(docker image prune --all) leaves what a rollback needs; keepers of releases pruned from the history go.
 author:
   - berth.stack maintainers (@berth-stack)
 requirements:
@@ -397,6 +400,8 @@ def main():
     except (rollout.RolloutFailed, planning.PlanError) as exc:
         result.update(failed=True, msg=str(exc), **getattr(exc, "details", {}))
     result["timings"]["total"] = round(time.monotonic() - started, 2)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     if result.pop("failed", False):
         module.fail_json(**result)
     module.exit_json(**result)

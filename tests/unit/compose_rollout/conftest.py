@@ -67,6 +67,10 @@ def remove_everything():
     for project in (f"{APP}-blue", f"{APP}-green", f"{APP}-data"):
         sh("docker", "compose", "--project-name", project, "down", "--volumes", "--timeout", "2", check=False)
     sh("docker", "network", "rm", NETWORK, check=False)
+    keepers = sh("docker", "ps", "--all", "--quiet", "--filter", f"label=berth.keep.app={APP}", check=False)
+    keepers = keepers.stdout.split()
+    if keepers:
+        sh("docker", "rm", "--force", *keepers, check=False)
 
 
 @pytest.fixture(scope="session")
