@@ -125,6 +125,15 @@ def database(demo_images, tmp_path_factory):
     remove_everything()
 
 
+def self_signed_certificate(directory: Path, stem: str, name: str) -> Path:
+    """``<stem>.crt`` and ``<stem>.key`` in ``directory``: a self-signed certificate for ``name``; its path."""
+    certificate = directory / f"{stem}.crt"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}"]
+    request += ["-addext", f"subjectAltName=DNS:{name}", "-keyout", str(directory / f"{stem}.key")]
+    sh(*request, "-out", str(certificate))
+    return certificate
+
+
 class Nginx:
     def __init__(self, prefix: Path):
         self.prefix = prefix
@@ -149,11 +158,7 @@ class Nginx:
 
     def make_certificate(self, stem, name):
         """A self-signed certificate for ``name`` (key and certificate files in the prefix); its path."""
-        certificate = self.prefix / f"{stem}.crt"
-        request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}"]
-        request += ["-addext", f"subjectAltName=DNS:{name}", "-keyout", str(self.prefix / f"{stem}.key")]
-        sh(*request, "-out", str(certificate))
-        return certificate
+        return self_signed_certificate(self.prefix, stem, name)
 
     def write_config(self):
         self.upstreams.mkdir(parents=True)

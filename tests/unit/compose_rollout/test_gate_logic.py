@@ -2,7 +2,6 @@
 
 import json
 import ssl
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -10,6 +9,7 @@ import pytest
 from ansible_collections.berth.stack.plugins.module_utils import _health as health
 from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
 from ansible_collections.berth.stack.plugins.module_utils import _release_state as states
+from conftest import self_signed_certificate
 
 
 class FakeClock:
@@ -217,11 +217,8 @@ def test_upstream_file_follows_the_contract(tmp_path):
 def tls_server(tmp_path):
     """A real HTTPS server on 127.0.0.1 with a self-signed certificate for site.example.test, recording the
     SNI name and the Host header of each request."""
-    certificate, key = tmp_path / "site.crt", tmp_path / "site.key"
-    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-    request += ["-subj", "/CN=site.example.test"]
-    request += ["-addext", "subjectAltName=DNS:site.example.test", "-keyout", str(key), "-out", str(certificate)]
-    subprocess.run(request, capture_output=True, check=True)
+    certificate = self_signed_certificate(tmp_path, "site", "site.example.test")
+    key = tmp_path / "site.key"
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
