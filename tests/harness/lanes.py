@@ -1,6 +1,9 @@
 """Run `make test`'s stages in lanes side by side: the stages of one lane run in order, the lanes at
 the same time. Each lane writes its whole output to tests/output/lane-<name>.log; this prints the
-stage start and result lines as they come, then every lane's log in full, then the stage times.
+stage start and result lines as they come, then every lane's log in full, then, for a failed lane,
+the lines that say what failed (pytest's FAILED/ERROR lines, Ansible's fatal/failed lines) and the
+last lines of the failed stage, so that a reader who sees only the head and tail of the output sees
+the failure; then the stage times.
 
 A lane stops at its first failed stage; the other lanes run to their end, so one run reports every
 failure. Every Molecule scenario under molecule/ must be in exactly one lane: a scenario that was
@@ -14,7 +17,9 @@ A stage is a make target (lint, sanity, unit) or molecule:SCENARIO. Standard lib
 """
 
 import argparse
+import collections
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +30,10 @@ REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "tests" / "output"
 STAGE = REPO / "tests" / "harness" / "stage.sh"
 APT_CACHE = "/var/cache/berth-test/apt"
+TAIL_LINES = 60
+FAILURE_LINES = 40
+# pytest's short summary (`FAILED tests/...::test - ...`, `ERROR ...`) and Ansible's failed tasks.
+FAILURE_LINE = re.compile(r"^(FAILED|ERROR) |^(fatal|failed): \[")
 
 
 def is_progress(line: str) -> bool:
@@ -79,6 +88,8 @@ class Lane(threading.Thread):
         self.command = command
         self.log = Path(log_dir) / f"lane-{name}.log"
         self.failed: str | None = None
+        self.failure_lines: list[str] = []
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.process: subprocess.Popen | None = None
         self.stopping = False
 
@@ -88,7 +99,11 @@ class Lane(threading.Thread):
             for stage in self.stages:
                 if self.stopping:
                     self.failed = f"{stage} (not started: interrupted)"
+                    self.tail.clear()
+                    self.failure_lines = []
                     return
+                self.tail.clear()
+                self.failure_lines = []
                 self.process = subprocess.Popen(
                     self.command(stage),
                     cwd=REPO,
@@ -102,6 +117,9 @@ class Lane(threading.Thread):
                 for line in self.process.stdout:
                     log.write(line)
                     log.flush()
+                    self.tail.append(line)
+                    if FAILURE_LINE.match(line) and len(self.failure_lines) < FAILURE_LINES:
+                        self.failure_lines.append(line)
                     if is_progress(line):
                         self.say(line.rstrip())
                 if self.process.wait():
@@ -117,6 +135,17 @@ class Lane(threading.Thread):
         self.stopping = True
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
+
+
+def report_failures(threads: list[Lane]) -> None:
+    """For each failed lane: the lines that name the failure, then the failed stage's last lines."""
+    for thread in threads:
+        if thread.failed:
+            print(f"\n==== lane {thread.name}: what failed in {thread.failed}", flush=True)
+            sys.stdout.writelines(thread.failure_lines or ["(no FAILED/ERROR/fatal line)\n"])
+            print(f"==== lane {thread.name}: the last {len(thread.tail)} lines of {thread.failed}", flush=True)
+            sys.stdout.writelines(thread.tail)
+            sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for thread in threads:
         print(f"\n==== lane {thread.name}: full output ({thread.log.relative_to(REPO)})", flush=True)
         sys.stdout.write(thread.log.read_text(errors="replace"))
+    report_failures(threads)
     failed = [f"{thread.name}: {thread.failed}" for thread in threads if thread.failed]
     if failed:
         print(f"\n==== failed: {'; '.join(failed)}", flush=True)

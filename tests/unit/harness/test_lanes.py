@@ -22,7 +22,7 @@ def fake_stage(record: Path):
     def command(stage):
         script = f'echo "== stage {stage}: start"; echo "{stage} $(date +%s.%N)" >> {record}; sleep 1; '
         script += (
-            "exit 3"
+            f'echo "FAILED tests/unit/test_x.py::test_y - assert 1 == 2"; echo "last words of {stage}"; exit 3'
             if stage.startswith("fail")
             else f'echo "  {stage}  ok  1s"; echo "{stage} $(date +%s.%N)" >> {record}'
         )
@@ -66,6 +66,14 @@ def test_a_failed_stage_stops_its_lane_and_the_other_lane_goes_on(tmp_path, caps
     ran = {line.split()[0] for line in record if line}
     assert ran == {"fail-first", "one", "two"}
     assert "[a] FAILED: fail-first (exit 3); this lane stops here" in capsys.readouterr().out
+    lanes.report_failures(threads)
+    report = capsys.readouterr().out
+    # The failure is repeated at the end of the output, where a reader of its tail finds it.
+    assert report.index("==== lane a: what failed in fail-first") < report.index(
+        "FAILED tests/unit/test_x.py::test_y - assert 1 == 2"
+    )
+    assert report.endswith("last words of fail-first\n")
+    assert "lane b" not in report
 
 
 @pytest.mark.parametrize(
