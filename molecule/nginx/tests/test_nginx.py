@@ -104,9 +104,40 @@ def test_malformed_request_id_is_replaced(host):
     assert re.fullmatch(r"[0-9a-f]{32}", echo["headers"]["X-Request-ID"])
 
 
-def test_client_forwarded_for_is_not_passed_on(host):
-    echo = request(host, "https://shop.test/", "-H", "X-Forwarded-For: 203.0.113.9").json()
-    assert echo["headers"]["X-Forwarded-For"] == "127.0.0.1"
+UNTRUSTED = ("--interface", "127.0.0.2")
+FORWARDED = ("-H", "X-Forwarded-For: 203.0.113.9", "-H", "X-Forwarded-Proto: https")
+
+
+def test_forwarding_headers_of_a_client_that_is_no_trusted_proxy_are_replaced(host):
+    headers = request(host, "http://plain.test/", *UNTRUSTED, *FORWARDED).json()["headers"]
+    assert (headers["X-Real-IP"], headers["X-Forwarded-For"], headers["X-Forwarded-Proto"]) == (
+        "127.0.0.2",
+        "127.0.0.2",
+        "http",
+    )
+
+
+def test_behind_a_trusted_proxy_the_app_sees_the_client_and_its_scheme(host):
+    headers = request(host, "http://plain.test/", *FORWARDED).json()["headers"]
+    assert (headers["X-Real-IP"], headers["X-Forwarded-For"], headers["X-Forwarded-Proto"]) == (
+        "203.0.113.9",
+        "203.0.113.9, 127.0.0.1",
+        "https",
+    )
+
+
+def test_an_address_the_client_made_up_is_not_taken_for_its_own(host):
+    # The proxy appends the peer it saw: the client wrote 198.51.100.1 itself, 203.0.113.9 is its address.
+    echo = request(host, "http://plain.test/", "-H", "X-Forwarded-For: 198.51.100.1, 203.0.113.9").json()
+    assert echo["headers"]["X-Real-IP"] == "203.0.113.9"
+
+
+def test_the_access_log_records_the_client_behind_the_proxy(host):
+    request(host, "http://plain.test/logged", *FORWARDED, "-H", "X-Request-ID: behind-proxy-1")
+    request(host, "http://plain.test/logged", *UNTRUSTED, *FORWARDED, "-H", "X-Request-ID: untrusted-1")
+    entries = [json.loads(line) for line in host.check_output("tail -n 20 /var/log/nginx/access.log").splitlines()]
+    addresses = {entry["request_id"]: entry["remote_addr"] for entry in entries}
+    assert (addresses["behind-proxy-1"], addresses["untrusted-1"]) == ("203.0.113.9", "127.0.0.2")
 
 
 def test_websocket_location_asks_the_upstream_to_upgrade(host):
@@ -213,6 +244,18 @@ def test_api_answers_429_after_the_burst(host):
     assert limited
     assert "x-content-type-options: nosniff" in limited[0].lower()
     assert "strict-transport-security" in limited[0].lower()
+
+
+def test_the_rate_limit_counts_each_client_behind_the_proxy_on_its_own(host):
+    # One client behind the proxy spends its burst (rate 2r/s, burst 5)...
+    statuses = host.check_output(
+        "curl -sk -Z --parallel-max 20 -o /dev/null -w '%{http_code} ' --max-time 5 -H 'X-Forwarded-For: 203.0.113.50' "
+        "--resolve shop.test:443:127.0.0.1 'https://shop.test/api/burst?n=[1-20]'"
+    ).split()
+    assert statuses.count("429") >= 10, statuses
+    # ...and the next client through the same proxy is not limited by it.
+    other = request(host, "https://shop.test/api/other", "-H", "X-Forwarded-For: 203.0.113.51")
+    assert other.status == 200
 
 
 def test_upstream_not_deployed_answers_a_clear_503(host):
