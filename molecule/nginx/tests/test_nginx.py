@@ -258,6 +258,26 @@ def test_the_rate_limit_counts_each_client_behind_the_proxy_on_its_own(host):
     assert other.status == 200
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/metrics", "/metrics/", "/metrics/app", "/api/metrics", "/api/metrics/", "/api//metrics", "/api/%6Detrics"],
+)
+def test_an_apps_metrics_are_not_public(host, path):
+    response = request(host, f"https://shop.test{path}")
+    assert response.status == 404
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_only_the_private_path_itself_is_refused(host):
+    assert request(host, "https://shop.test/api/metricsx").json()["path"] == "/metricsx"
+    assert request(host, "https://shop.test/metrics.html").json()["path"] == "/metrics.html"
+
+
+def test_a_site_with_no_private_paths_serves_metrics(host):
+    echo = request(host, "http://plain.test/metrics").json()
+    assert (echo["backend"], echo["path"]) == ("frontend", "/metrics")
+
+
 def test_upstream_not_deployed_answers_a_clear_503(host):
     response = request(host, "https://shop.test/pending/anything")
     assert response.status == 503
