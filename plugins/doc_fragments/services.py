@@ -49,6 +49,15 @@ options:
           - Checked here (names match C(^[A-Za-z_][A-Za-z0-9_]*$); a value with a backslash right before a single
             quote or at its end is refused, naming the variable and never the value), otherwise not used.
         type: dict
+      secret_files:
+        description:
+          - Secrets delivered as files (a dict of file name to value), which the P(berth.stack.compose_app#role)
+            role writes to the release directory (owned by the service's user, mode 0400, never logged) and compose
+            mounts read-only at C(/run/secrets/NAME), for apps that read C(*_FILE) variables
+            (C(JWT_SECRET_FILE=/run/secrets/jwt_secret)).
+          - Checked here (names match C(^[A-Za-z0-9_][A-Za-z0-9_.-]*$); O(services[].user) must be C(UID) or
+            C(UID:GID), the files' owner), otherwise not used. The rollout's release digest covers the files.
+        type: dict
       healthcheck:
         description:
           - Compose C(healthcheck) of the service; the image's HEALTHCHECK applies when unset.

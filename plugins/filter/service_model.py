@@ -25,6 +25,10 @@ def service_errors(services, app, variable="compose_app_services"):
     return model.service_errors(app, _plain(services), variable)
 
 
+def secret_files(services):
+    return model.secret_files(_plain(services))
+
+
 def release_errors(app, release, keep_releases):
     return model.release_errors(
         app, release, keep_releases, ("compose_app_name", "compose_app_release", "compose_app_keep_releases")
@@ -43,4 +47,5 @@ class FilterModule:
             "release_errors": release_errors,
             "port_variable": model.port_variable,
             "compose_environment": model.compose_environment,
+            "secret_files": secret_files,
         }

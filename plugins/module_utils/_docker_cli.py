@@ -54,21 +54,26 @@ def compose_services(run, compose_file, env=None):
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def compose_env_files(run, compose_file):
-    """Absolute paths of the env files (``env_file:``) a compose file's services read, sorted.
+def compose_input_files(run, compose_file):
+    """Absolute paths of the files a compose file's services read besides it: env files (``env_file:``)
+    and secret files (top-level ``secrets:`` with ``file:``), sorted.
 
-    ``--no-interpolate`` keeps them as entries instead of merging their values into ``environment``,
+    ``--no-interpolate`` keeps env files as entries instead of merging their values into ``environment``,
     so no secret value passes through here.
     """
     out = check(run, ["docker", "compose", "--file", compose_file, "config", "--format", "json", "--no-interpolate"])
+    config = json.loads(out)
     base = os.path.dirname(os.path.abspath(compose_file))
     paths = set()
-    for service in (json.loads(out).get("services") or {}).values():
+    for service in (config.get("services") or {}).values():
         entries = service.get("env_file") or []
         for entry in [entries] if isinstance(entries, (str, dict)) else entries:
             path = entry.get("path") if isinstance(entry, dict) else entry
             if path:
                 paths.add(os.path.normpath(os.path.join(base, path)))
+    for secret in (config.get("secrets") or {}).values():
+        if secret.get("file"):
+            paths.add(os.path.normpath(os.path.join(base, secret["file"])))
     return sorted(paths)
 
 

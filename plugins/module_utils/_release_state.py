@@ -91,7 +91,7 @@ def record_release(state, release, color, release_dir, images, now, keep, releas
     """Make ``release`` active on ``color`` and put it first in the history, keeping ``keep`` entries.
 
     A release deployed again (a rollback) moves to the front instead of appearing twice.
-    ``release_sha256`` covers the release's compose file and the env files it reads, so the same
+    ``release_sha256`` covers the release's compose file and the env and secret files it reads, so the same
     release id with a changed configuration or secret is rolled out again.
     Returns the history entries dropped beyond ``keep``.
     """

@@ -67,11 +67,11 @@ def timed(result, step):
         result["timings"][step] = round(time.monotonic() - started, 3)
 
 
-def release_sha256(compose_file, env_files):
-    """One digest of the compose file, the .env compose reads beside it, and the env files it names."""
+def release_sha256(compose_file, input_files):
+    """One digest of the compose file, the .env compose reads beside it, and the env and secret files it names."""
     digest = hashlib.sha256()
     dot_env = os.path.join(os.path.dirname(compose_file), ".env")
-    for path in [compose_file, dot_env, *env_files]:
+    for path in [compose_file, dot_env, *input_files]:
         digest.update(path.encode() + b"\0")
         with contextlib.suppress(FileNotFoundError), open(path, "rb") as handle:
             digest.update(handle.read())
@@ -88,7 +88,7 @@ def observe(params, run):
     compose_file = planning.compose_path(params)
     services = [model.with_defaults(params["app"], raw) for raw in params["services"]]
     try:
-        digest = release_sha256(compose_file, docker.compose_env_files(run, compose_file))
+        digest = release_sha256(compose_file, docker.compose_input_files(run, compose_file))
         # The service list does not depend on the color: blue's ports are as good as green's to resolve it.
         order = docker.compose_services(run, compose_file, model.compose_environment(services, states.COLORS[0]))
     except docker.DockerError as exc:

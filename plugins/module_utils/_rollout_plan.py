@@ -198,7 +198,7 @@ def plan_rollout(params, observed):
     """The rollout of ``params`` (validated module parameters) given ``observed``:
 
     ``state`` (state.json as a dict), ``upstream_files`` (path -> content, None for a missing file),
-    ``release_sha256`` (the release's compose and env files) and ``compose_services`` (compose's order).
+    ``release_sha256`` (the release's compose, env and secret files) and ``compose_services`` (compose's order).
     ``serving`` is True when the release already serves by state and files; whether its containers
     still run is for the caller to ask Docker.
     """
@@ -211,7 +211,7 @@ def plan_rollout(params, observed):
     if recorded.get("release_sha256") not in (None, observed["release_sha256"]):
         raise PlanError(
             f"release={params['release']!r} is recorded in {state_path(params)} with release_sha256 "
-            f"{recorded['release_sha256']}, but release_dir={params['release_dir']!r} (its compose file and env "
+            f"{recorded['release_sha256']}, but release_dir={params['release_dir']!r} (its compose, env and secret "
             f"files) now has {observed['release_sha256']}: a recorded release is never changed; deploy the change "
             "under a new release id, or restore the release directory before rolling back to it"
         )

@@ -25,6 +25,10 @@ SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The env files hold KEY='value': compose takes a single-quoted value literally except \' for a quote,
 # so a backslash right before a quote or at the end cannot be written there.
 SECRET_UNWRITABLE = re.compile(r"\\('|$)")
+# A secret file's name: its file name under /run/secrets/ in the container and in the release directory.
+SECRET_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# The owner of a service's secret files: the service's user, numerically (the host cannot resolve the image's names).
+NUMERIC_USER = re.compile(r"^([0-9]+)(?::([0-9]+))?$")
 
 # Docker's reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest]. The first
 # component is a registry host only when it has a '.' or a ':' or is localhost, as docker decides.
@@ -57,6 +61,7 @@ SERVICE_SPEC = {
     "command": {"type": "list", "elements": "str"},
     "environment": {"type": "dict"},
     "secrets": {"type": "dict", "no_log": True},
+    "secret_files": {"type": "dict", "no_log": True},
     "healthcheck": {"type": "dict"},
     "user": {"type": "str"},
     "container_port": {"type": "int"},
@@ -113,6 +118,28 @@ def compose_environment(services, color):
     return env
 
 
+def secret_files(services):
+    """Where each service's secret files go: one entry per file, with the release-relative ``path``, the
+    Compose top-level secret ``key``, and the ``owner``/``group`` ids the file belongs to (the service's
+    numeric user). Names only: the values stay in the services."""
+    files = []
+    for index, service in enumerate(services):
+        match = NUMERIC_USER.match(str(service.get("user", "")))
+        for name in sorted(service.get("secret_files") or {}):
+            files.append(
+                {
+                    "service": service["name"],
+                    "name": name,
+                    "path": f"secrets/{service['name']}/{name}",
+                    # Compose's secret keys are global to the file: the service's position keeps them apart.
+                    "key": f"s{index}_{name}",
+                    "owner": int(match.group(1)) if match else 0,
+                    "group": int(match.group(2) or match.group(1)) if match else 0,
+                }
+            )
+    return files
+
+
 def with_defaults(app, service):
     """A service as the rollout uses it: the argument spec's defaults, and the default upstream when
     the service listens on a container_port but names no upstream."""
@@ -143,8 +170,9 @@ def _spec_errors(spec, raw, where):
         if type(error).__name__ == "UnsupportedError":
             continue
         message = str(error)
-        if "'secrets'" in message:
-            message = "secrets must be a dict of NAME: value (value not shown)"
+        for key in ("secrets", "secret_files"):
+            if f"'{key}'" in message:
+                message = f"{key} must be a dict of NAME: value (value not shown)"
         messages.append(f"{where}: {message}")
     return messages, outcome.validated_parameters
 
@@ -184,6 +212,24 @@ def _secret_errors(where, secrets):
                 f"{where}.secrets.{key}: the value has a backslash right before a single quote or at its end, "
                 "which compose's env files cannot hold (value not shown)"
             )
+    return errors
+
+
+def _secret_file_errors(where, service):
+    """Secret files need a file name each, and the service's user as numbers to own them (mode 0400)."""
+    names = service.get("secret_files")
+    if not isinstance(names, dict) or not names:
+        return []
+    errors = [
+        f"{where}.secret_files.{key}: the name must match {SECRET_FILE_NAME.pattern} (a file name under /run/secrets)"
+        for key in names
+        if not SECRET_FILE_NAME.match(str(key))
+    ]
+    if not NUMERIC_USER.match(str(service.get("user", ""))):
+        errors.append(
+            f"{where}.user={service.get('user')!r}: secret_files need the user the service runs as, as UID or "
+            "UID:GID (for example '10001'), so that the files (mode 0400) belong to it"
+        )
     return errors
 
 
@@ -281,7 +327,7 @@ def service_errors(app, services, variable="services"):
             if upstream in upstreams:
                 errors.append(f"{where}.upstream={upstream!r}: used by two services")
             upstreams.add(upstream)
-        return errors + _probe_errors(where, service.get("probes"))
+        return errors + _secret_file_errors(where, service) + _probe_errors(where, service.get("probes"))
 
     return _services_errors(services, variable, SERVICE_SPEC, check)
 

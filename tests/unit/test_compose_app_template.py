@@ -1,6 +1,7 @@
 """compose_app's release template, rendered by ansible-playbook as the role renders it and read back
 by `docker compose config`: a service's boot_grace becomes Docker's healthcheck start_period, so a
-Docker "unhealthy" inside the grace never happens, unless the healthcheck sets its own start_period."""
+Docker "unhealthy" inside the grace never happens, unless the healthcheck sets its own start_period;
+and each color's services join only that color's network."""
 
 import json
 import os
@@ -14,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles" / "compose_app" / "templates" / "compose.yaml.j2"
 
 
-def render(tmp_path, services):
+def render(tmp_path, services, color="blue"):
+    """The compose file's configuration as `docker compose config` reads it for one color."""
     dest = tmp_path / "compose.yaml"
     play = {
         "hosts": "localhost",
@@ -42,7 +44,7 @@ def render(tmp_path, services):
         [ansible_playbook, str(playbook)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False
     )
     assert completed.returncode == 0, completed.stdout[-2000:]
-    ports = {"BERTH_PORT_WEB": "18010", "BERTH_PORT_SLOW": "18011", "BERTH_PORT_OWN": "18012"}
+    ports = {"BERTH_COLOR": color, "BERTH_PORT_WEB": "18010", "BERTH_PORT_SLOW": "18011", "BERTH_PORT_OWN": "18012"}
     config = subprocess.run(
         ["docker", "compose", "--file", str(dest), "config", "--format", "json"],
         capture_output=True,
@@ -51,7 +53,7 @@ def render(tmp_path, services):
         timeout=60,
         check=True,
     )
-    return json.loads(config.stdout)["services"]
+    return json.loads(config.stdout)
 
 
 def test_boot_grace_becomes_the_healthcheck_start_period_unless_the_healthcheck_sets_one(tmp_path):
@@ -70,7 +72,7 @@ def test_boot_grace_becomes_the_healthcheck_start_period_unless_the_healthcheck_
             },
             {"name": "graceonly", "image": "demo/worker:v1", "boot_grace": 5},
         ],
-    )
+    )["services"]
     assert "start_period" not in services["web"]["healthcheck"]
     # Rounded up to whole seconds: Docker's grace is never shorter than berth's.
     assert services["slow"]["healthcheck"]["start_period"] == "15s"
@@ -79,3 +81,42 @@ def test_boot_grace_becomes_the_healthcheck_start_period_unless_the_healthcheck_
     # Without a healthcheck of its own the service gets only the start_period: the image's HEALTHCHECK
     # command stays, with the grace around it.
     assert services["graceonly"]["healthcheck"] == {"start_period": "5s"}
+
+
+def test_each_color_runs_on_its_own_network_only(tmp_path):
+    """A service name resolves within a color: the app services join no network the other color joins."""
+    services = [{"name": "web", "image": "demo/web:v1", "container_port": 8000}, {"name": "worker", "image": "w:1"}]
+    for color in ("blue", "green"):
+        config = render(tmp_path, services, color)
+        assert {key: value["name"] for key, value in config["networks"].items()} == {"color": f"demo-{color}"}
+        assert config["networks"]["color"]["external"] is True
+        assert {name: list(service["networks"]) for name, service in config["services"].items()} == {
+            "web": ["color"],
+            "worker": ["color"],
+        }
+
+
+def test_secret_files_are_mounted_read_only_from_the_release_directory(tmp_path):
+    """Each service mounts only its own files, at /run/secrets/<name>, from secrets/<service>/ beside the
+    compose file; the values never enter the compose file."""
+    services = [
+        {"name": "api", "image": "shop/api:1", "user": "10001", "secret_files": {"jwt_secret": "v-a", "db.pw": "v-b"}},
+        {"name": "worker", "image": "shop/worker:1", "user": "10001", "secret_files": {"jwt_secret": "v-c"}},
+        {"name": "web", "image": "shop/web:1"},
+    ]
+    config = render(tmp_path, services)
+    mounts = {
+        name: sorted((entry["source"], entry["target"]) for entry in service.get("secrets", []))
+        for name, service in config["services"].items()
+    }
+    assert mounts == {
+        "api": [("s0_db.pw", "db.pw"), ("s0_jwt_secret", "jwt_secret")],
+        "worker": [("s1_jwt_secret", "jwt_secret")],
+        "web": [],
+    }
+    assert {key: secret["file"] for key, secret in config["secrets"].items()} == {
+        "s0_db.pw": str(tmp_path / "secrets/api/db.pw"),
+        "s0_jwt_secret": str(tmp_path / "secrets/api/jwt_secret"),
+        "s1_jwt_secret": str(tmp_path / "secrets/worker/jwt_secret"),
+    }
+    assert "v-a" not in (tmp_path / "compose.yaml").read_text()

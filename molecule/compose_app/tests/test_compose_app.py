@@ -79,6 +79,39 @@ def test_blue_serves_v1_and_green_is_kept_stopped(host):
         ]
 
 
+def addresses(host, container, name):
+    """The IPv4 addresses `name` resolves to inside `container` (Docker's embedded DNS)."""
+    out = host.check_output("docker exec %s getent ahostsv4 %s", container, name)
+    return {line.split()[0] for line in out.splitlines()}
+
+
+def network_address(host, container, network):
+    return host.check_output(
+        "docker inspect --format '{{(index .NetworkSettings.Networks \"%s\").IPAddress}}' %s", network, container
+    )
+
+
+def test_a_service_name_resolves_only_within_its_color_while_both_colors_run(host):
+    """As during a rollout: green's backend (v2) runs beside live blue. Blue's frontend must reach blue's
+    backend alone as `backend`, green's backend its own, and the data service from both colors."""
+    host.check_output("docker start demo-green-backend-1")
+    try:
+        blue = network_address(host, "demo-blue-backend-1", "berth-demo-blue")
+        green = network_address(host, "demo-green-backend-1", "berth-demo-green")
+        assert blue and green and blue != green
+        assert addresses(host, "demo-blue-frontend-1", "backend") == {blue}
+        assert addresses(host, "demo-green-backend-1", "backend") == {green}
+        assert addresses(host, "demo-blue-frontend-1", "demo-db") == {
+            network_address(host, "demo-data-db-1", "berth-demo-blue")
+        }
+        assert addresses(host, "demo-green-backend-1", "demo-db") == {
+            network_address(host, "demo-data-db-1", "berth-demo-green")
+        }
+    finally:
+        host.check_output("docker stop demo-green-backend-1")
+    assert containers(host, "demo-green")["backend"] == "exited"
+
+
 def test_history_records_each_release_once_with_its_color_and_image_ids(host):
     releases = state(host)["releases"]
     # v3 failed its gate, so it was never recorded; v1 and v2 were deployed again and moved to the front.
@@ -117,6 +150,26 @@ def test_secret_reaches_the_container_exactly_as_given(host):
     token = host.run("docker exec %s printenv DEMO_API_TOKEN", backend)
     assert token.rc == 0
     assert token.stdout.removesuffix("\n") == LITERAL_ENV_VALUE
+
+
+def test_secret_file_is_mounted_read_only_for_the_service_user_alone(host):
+    active = state(host)["active"]["color"]
+    backend = f"demo-{active}-backend-1"
+    # stat inside the container: the file as the app sees it; run() so that a failure never logs the secret.
+    mode = host.check_output("docker exec %s stat -c '%%a %%u %%g' /run/secrets/api_token", backend)
+    assert mode == "400 10001 10001"
+    token = host.run("docker exec %s cat /run/secrets/api_token", backend)
+    assert token.rc == 0
+    assert token.stdout == LITERAL_ENV_VALUE
+    overwrite = host.run("docker exec --user 0 %s sh -c 'echo x > /run/secrets/api_token'", backend)
+    assert overwrite.rc != 0
+    assert "Read-only file system" in overwrite.stderr
+    other = host.run("docker exec --user 10002 %s cat /run/secrets/api_token", backend)
+    assert other.rc != 0
+    assert "Permission denied" in other.stderr
+    release = state(host)["active"]["release"]
+    on_host = host.file(f"/srv/berth/demo/releases/{release}/secrets/backend/api_token")
+    assert (on_host.mode, on_host.uid, on_host.gid) == (0o400, 10001, 10001)
 
 
 def test_data_and_app_ports_listen_on_loopback_only(host):

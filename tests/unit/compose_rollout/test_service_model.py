@@ -172,6 +172,69 @@ def test_secrets_are_refused_by_name_never_by_value(secrets, message):
         assert value not in " ".join(errors)
 
 
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ({"user": "10001", "secret_files": {"jwt_secret": "s3cr3t-a", "db.password": "s3cr3t-b"}}, None),
+        ({"user": "10001:20002", "secret_files": {"jwt_secret": "s3cr3t-a"}}, None),
+        (
+            {"user": "app", "secret_files": {"jwt_secret": "s3cr3t-a"}},
+            "services[backend].user='app': secret_files need the user the service runs as, as UID or UID:GID",
+        ),
+        ({"secret_files": {"jwt_secret": "s3cr3t-a"}}, "services[backend].user=None: secret_files need the user"),
+        (
+            {"user": "10001", "secret_files": {"../jwt": "s3cr3t-a"}},
+            "services[backend].secret_files.../jwt: the name must match ^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        ),
+        (
+            {"user": "10001", "secret_files": ["s3cr3t-a"]},
+            "services[backend]: secret_files must be a dict of NAME: value (value not shown)",
+        ),
+    ],
+)
+def test_secret_files_need_file_names_and_a_numeric_user_and_never_show_a_value(service, message):
+    errors = model.service_errors("demo", [backend(**service)])
+    if message is None:
+        assert errors == []
+    else:
+        assert any(error.startswith(message) for error in errors), errors
+    assert "s3cr3t" not in " ".join(errors)
+
+
+def test_secret_files_are_placed_per_service_and_owned_by_its_user():
+    services = [
+        backend(user="10001:20002", secret_files={"jwt_secret": "a", "api.key": "b"}),
+        {"name": "worker", "user": "10003", "secret_files": {"jwt_secret": "c"}},
+        {"name": "cron", "secret_files": {}},
+    ]
+    assert FILTERS["secret_files"](services) == [
+        {
+            "service": "backend",
+            "name": "api.key",
+            "path": "secrets/backend/api.key",
+            "key": "s0_api.key",
+            "owner": 10001,
+            "group": 20002,
+        },
+        {
+            "service": "backend",
+            "name": "jwt_secret",
+            "path": "secrets/backend/jwt_secret",
+            "key": "s0_jwt_secret",
+            "owner": 10001,
+            "group": 20002,
+        },
+        {
+            "service": "worker",
+            "name": "jwt_secret",
+            "path": "secrets/worker/jwt_secret",
+            "key": "s1_jwt_secret",
+            "owner": 10003,
+            "group": 10003,
+        },
+    ]
+
+
 # Types, required and unknown keys of a data service are the role's meta/argument_specs.yml's to check
 # (tests/unit/test_compose_app_argument_specs.py); the filter adds the rules a type cannot say.
 @pytest.mark.parametrize(
