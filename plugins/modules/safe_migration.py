@@ -63,12 +63,16 @@ description:
     The tool's sessions get O(lock_timeout) and O(statement_timeout) through C(PGOPTIONS) (O(tool_pgoptions))."
   - When something is pending and O(backup=true), a custom-format C(pg_dump) is written first, mode 0600,
     named with the database, the time and the versions about to be applied. A failed backup aborts the run.
+    pg_dump gets the connection options as C(PG*) variables (never the password on a command line), so it connects
+    like the module, with the same O(sslmode), O(sslrootcert), O(sslcert), O(sslkey) and O(sslcrl).
   - "A database in a container on the target is reached through a port published on loopback
     (C(ports: [\"127.0.0.1:5432:5432\"]), then O(host=127.0.0.1)) or through its socket directory mounted on
     the host (C(volumes: [\"/run/berth/pg:/var/run/postgresql\"]), then O(host=/run/berth/pg));
     O(backup_container) runs C(pg_dump) inside the container instead of on the host."
 author:
   - berth.stack maintainers (@berth-stack)
+extends_documentation_fragment:
+  - berth.stack.postgres
 requirements:
   - psycopg (3) or psycopg2 on the target.
   - pglast on the controller (Mode 1, and Mode 2 with O(sql_files) or O(sql_command)).
@@ -240,34 +244,6 @@ options:
         once a second for as long as the controller is there, so the deploy does not look dead to
         C(playbooks/unlock.yml). Not in check mode. Unset, no lock is touched.
     type: path
-  host:
-    description:
-      - Host name, IP address or socket directory of the server (libpq C(host)).
-      - Like every connection option here, it falls back to its libpq environment variable on the target
-        (C(PGHOST), C(PGPORT), C(PGDATABASE), C(PGUSER), C(PGPASSWORD), C(PGSSLMODE)).
-    type: str
-  port:
-    description: Server port.
-    type: int
-  database:
-    description: Database name.
-    type: str
-    aliases: [db]
-  user:
-    description: Role to connect as.
-    type: str
-  password:
-    description: Password of O(user); never logged.
-    type: str
-  sslmode:
-    description: libpq C(sslmode).
-    type: str
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
-  uri:
-    description:
-      - A libpq connection URI (C(postgresql://user@host:port/db)); the individual options override its parts.
-      - Never logged, since it may carry a password.
-    type: str
 notes:
   - Run it once per database, for example with C(run_once).
 """
@@ -281,6 +257,16 @@ EXAMPLES = r"""
     database: shop
     user: shop_owner
     password: "{{ vault_shop_db_password }}"
+
+- name: Apply them to a managed PostgreSQL over TLS, verifying its certificate and name; dump with the host's pg_dump
+  berth.stack.safe_migration:
+    directory: migrations/
+    host: shop.abc123.eu-west-1.rds.amazonaws.com
+    database: shop
+    user: shop_owner
+    password: "{{ vault_shop_db_password }}"
+    sslmode: verify-full
+    sslrootcert: /etc/berth/shop/rds-ca.pem
 
 - name: Show what would run (check mode), allowing lock-heavy statements with a warning
   berth.stack.safe_migration:
@@ -652,7 +638,8 @@ def main():
         supports_check_mode=True,
     )
     pg.require_driver(module)
-    errors = parameter_errors(module.params)
+    keywords = pg.conninfo(module.params)
+    errors = parameter_errors(module.params) + pg.file_errors(keywords)
     if errors:
         module.fail_json(msg="; ".join(errors))
     mode = "sql" if module.params["directory"] else "command"
@@ -663,7 +650,6 @@ def main():
         except mig.MigrationError as error:
             module.fail_json(msg=str(error), mode=mode)
     result = {"changed": False, "mode": mode, "backup": {}, "queries": [], "migrations": [], "retries": []}
-    keywords = pg.conninfo(module.params)
     try:
         connection = pg.connect(keywords, f"berth.safe_migration@{socket.gethostname()}")
     except pg.DatabaseError as error:
