@@ -10,6 +10,7 @@ module never needs to know which driver is installed.
 from __future__ import annotations
 
 import os
+import re
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
@@ -141,6 +142,31 @@ def connect(keywords: dict, application_name: str):
     connection = psycopg2.connect(**keywords)
     connection.autocommit = True
     return connection
+
+
+def server_major(connection) -> int:
+    return int(query(connection, "SHOW server_version_num")[0][0]) // 10000
+
+
+def client_major(version_output: str) -> int:
+    """The major version in a client's ``--version``: ``pg_dump (PostgreSQL) 17.6 (Debian 17.6-0+deb13u1)``."""
+    match = re.search(r"\(PostgreSQL\) (\d+)", version_output)
+    if not match:
+        raise ValueError(f"no PostgreSQL version in {version_output.strip()!r}")
+    return int(match.group(1))
+
+
+def pg_dump_too_old(client: int, server: int) -> str | None:
+    """Why pg_dump of major version ``client`` cannot dump the server, with the fix; None when it can.
+
+    pg_dump refuses a server newer than itself ("aborting because of server version mismatch").
+    """
+    if client >= server:
+        return None
+    return (
+        f"pg_dump {client} on this host is older than the server (PostgreSQL {server}) and cannot dump it: "
+        f"install postgresql-client-{server} so pg_dump is at least as new as the server"
+    )
 
 
 def query(connection, sql: str, params: tuple | None = None) -> list:

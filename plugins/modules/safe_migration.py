@@ -65,6 +65,10 @@ description:
     named with the database, the time and the versions about to be applied. A failed backup aborts the run.
     pg_dump gets the connection options as C(PG*) variables (never the password on a command line), so it connects
     like the module, with the same O(sslmode), O(sslrootcert), O(sslcert), O(sslkey) and O(sslcrl).
+  - "pg_dump refuses a server newer than itself. With O(backup=true) and no O(backup_container), the module compares
+    the host's C(pg_dump --version) with the server's C(server_version_num) right after connecting, in check mode too,
+    and an older pg_dump fails the run before the lock and before anything is migrated or dumped, naming both major
+    versions and the Debian package to install (C(postgresql-client-<server major>))."
   - "A database in a container on the target is reached through a port published on loopback
     (C(ports: [\"127.0.0.1:5432:5432\"]), then O(host=127.0.0.1)) or through its socket directory mounted on
     the host (C(volumes: [\"/run/berth/pg:/var/run/postgresql\"]), then O(host=/run/berth/pg));
@@ -76,7 +80,8 @@ extends_documentation_fragment:
 requirements:
   - psycopg (3) or psycopg2 on the target.
   - pglast on the controller (Mode 1, and Mode 2 with O(sql_files) or O(sql_command)).
-  - pg_dump on the target (backups without O(backup_container)), docker with the compose plugin (Mode 2).
+  - pg_dump on the target at least as new as the server (backups without O(backup_container)), docker with the compose
+    plugin (Mode 2).
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
@@ -618,8 +623,27 @@ def run_command_mode(module, connection, keywords: dict, result: dict) -> None:
         raise mig.MigrationError(f"{' '.join(params['command'])} exited {rc}: {stderr.strip() or stdout.strip()}")
 
 
+def check_dump_client(module, connection) -> None:
+    """Refuse a host pg_dump older than the server now, not when something is pending and the dump fails."""
+    params = module.params
+    if not params["backup"] or params["backup_container"]:
+        return
+    pg_dump = module.get_bin_path("pg_dump", required=True)
+    rc, stdout, stderr = module.run_command([pg_dump, "--version"])
+    if rc != 0:
+        raise mig.MigrationError(f"backup: {pg_dump} --version exited {rc}: {stderr.strip() or stdout.strip()}")
+    try:
+        client = pg.client_major(stdout)
+    except ValueError as error:
+        raise mig.MigrationError(f"backup: {pg_dump} --version: {error}") from error
+    too_old = pg.pg_dump_too_old(client, pg.server_major(connection))
+    if too_old:
+        raise mig.MigrationError(f"backup: {too_old} (or set backup_container); nothing was migrated")
+
+
 def migrate(module, connection, key, mode, keywords, result):
-    """Take the advisory lock (not in check mode), then run the mode's migrations into ``result``."""
+    """Check the backup's pg_dump, take the advisory lock (not in check mode), then run the mode's migrations."""
+    check_dump_client(module, connection)
     if not module.check_mode:
         waited = mig.acquire_lock(connection, key, module.params["lock_wait_timeout"])
         result["lock_wait_seconds"] = round(waited, 3)
