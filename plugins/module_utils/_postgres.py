@@ -9,6 +9,8 @@ module never needs to know which driver is installed.
 
 from __future__ import annotations
 
+import os
+import re
 import traceback
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
@@ -46,6 +48,10 @@ LIBPQ_KEYWORDS = {
     "user": "user",
     "password": "password",
     "sslmode": "sslmode",
+    "sslrootcert": "sslrootcert",
+    "sslcert": "sslcert",
+    "sslkey": "sslkey",
+    "sslcrl": "sslcrl",
 }
 
 LIBPQ_ENVIRONMENT = {
@@ -55,7 +61,15 @@ LIBPQ_ENVIRONMENT = {
     "user": "PGUSER",
     "password": "PGPASSWORD",
     "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
 }
+
+# Keywords that name a file on the target: checked before connecting, since libpq's own message for a
+# missing one depends on the sslmode (a missing root certificate with sslmode=require is silently skipped).
+FILE_KEYWORDS = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 
 
 def connection_argument_spec() -> dict:
@@ -67,6 +81,11 @@ def connection_argument_spec() -> dict:
         "user": {"type": "str", "fallback": (env_fallback, ["PGUSER"])},
         "password": {"type": "str", "no_log": True, "fallback": (env_fallback, ["PGPASSWORD"])},
         "sslmode": {"type": "str", "choices": SSLMODES, "fallback": (env_fallback, ["PGSSLMODE"])},
+        **{
+            # Paths, not contents: a key file's content is never read here, so there is nothing to hide.
+            keyword: {"type": "path", "no_log": False, "fallback": (env_fallback, [LIBPQ_ENVIRONMENT[keyword]])}
+            for keyword in FILE_KEYWORDS
+        },
         # A URI may carry the password (postgresql://user:secret@host/db).
         "uri": {"type": "str", "no_log": True},
     }
@@ -84,6 +103,22 @@ def conninfo(params: dict) -> dict:
         if params.get(option) is not None:
             keywords[keyword] = str(params[option])
     return keywords
+
+
+def file_errors(keywords: dict) -> list:
+    """``option: path: why`` for each certificate, key or CRL file libpq could not read."""
+    errors = []
+    for keyword in FILE_KEYWORDS:
+        path = keywords.get(keyword)
+        if not path:
+            continue
+        if not os.path.isabs(path):
+            errors.append(f"{keyword}: {path} is not an absolute path")
+        elif not os.path.isfile(path):
+            errors.append(f"{keyword}: {path} does not exist or is not a file")
+        elif not os.access(path, os.R_OK):
+            errors.append(f"{keyword}: {path} is not readable")
+    return errors
 
 
 def libpq_environment(keywords: dict) -> dict:
@@ -107,6 +142,31 @@ def connect(keywords: dict, application_name: str):
     connection = psycopg2.connect(**keywords)
     connection.autocommit = True
     return connection
+
+
+def server_major(connection) -> int:
+    return int(query(connection, "SHOW server_version_num")[0][0]) // 10000
+
+
+def client_major(version_output: str) -> int:
+    """The major version in a client's ``--version``: ``pg_dump (PostgreSQL) 17.6 (Debian 17.6-0+deb13u1)``."""
+    match = re.search(r"\(PostgreSQL\) (\d+)", version_output)
+    if not match:
+        raise ValueError(f"no PostgreSQL version in {version_output.strip()!r}")
+    return int(match.group(1))
+
+
+def pg_dump_too_old(client: int, server: int) -> str | None:
+    """Why pg_dump of major version ``client`` cannot dump the server, with the fix; None when it can.
+
+    pg_dump refuses a server newer than itself ("aborting because of server version mismatch").
+    """
+    if client >= server:
+        return None
+    return (
+        f"pg_dump {client} on this host is older than the server (PostgreSQL {server}) and cannot dump it: "
+        f"install postgresql-client-{server} so pg_dump is at least as new as the server"
+    )
 
 
 def query(connection, sql: str, params: tuple | None = None) -> list:

@@ -63,16 +63,25 @@ description:
     The tool's sessions get O(lock_timeout) and O(statement_timeout) through C(PGOPTIONS) (O(tool_pgoptions))."
   - When something is pending and O(backup=true), a custom-format C(pg_dump) is written first, mode 0600,
     named with the database, the time and the versions about to be applied. A failed backup aborts the run.
+    pg_dump gets the connection options as C(PG*) variables (never the password on a command line), so it connects
+    like the module, with the same O(sslmode), O(sslrootcert), O(sslcert), O(sslkey) and O(sslcrl).
+  - "pg_dump refuses a server newer than itself. With O(backup=true) and no O(backup_container), the module compares
+    the host's C(pg_dump --version) with the server's C(server_version_num) right after connecting, in check mode too,
+    and an older pg_dump fails the run before the lock and before anything is migrated or dumped, naming both major
+    versions and the Debian package to install (C(postgresql-client-<server major>))."
   - "A database in a container on the target is reached through a port published on loopback
     (C(ports: [\"127.0.0.1:5432:5432\"]), then O(host=127.0.0.1)) or through its socket directory mounted on
     the host (C(volumes: [\"/run/berth/pg:/var/run/postgresql\"]), then O(host=/run/berth/pg));
     O(backup_container) runs C(pg_dump) inside the container instead of on the host."
 author:
   - berth.stack maintainers (@berth-stack)
+extends_documentation_fragment:
+  - berth.stack.postgres
 requirements:
   - psycopg (3) or psycopg2 on the target.
   - pglast on the controller (Mode 1, and Mode 2 with O(sql_files) or O(sql_command)).
-  - pg_dump on the target (backups without O(backup_container)), docker with the compose plugin (Mode 2).
+  - pg_dump on the target at least as new as the server (backups without O(backup_container)), docker with the compose
+    plugin (Mode 2).
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
@@ -240,34 +249,6 @@ options:
         once a second for as long as the controller is there, so the deploy does not look dead to
         C(playbooks/unlock.yml). Not in check mode. Unset, no lock is touched.
     type: path
-  host:
-    description:
-      - Host name, IP address or socket directory of the server (libpq C(host)).
-      - Like every connection option here, it falls back to its libpq environment variable on the target
-        (C(PGHOST), C(PGPORT), C(PGDATABASE), C(PGUSER), C(PGPASSWORD), C(PGSSLMODE)).
-    type: str
-  port:
-    description: Server port.
-    type: int
-  database:
-    description: Database name.
-    type: str
-    aliases: [db]
-  user:
-    description: Role to connect as.
-    type: str
-  password:
-    description: Password of O(user); never logged.
-    type: str
-  sslmode:
-    description: libpq C(sslmode).
-    type: str
-    choices: [disable, allow, prefer, require, verify-ca, verify-full]
-  uri:
-    description:
-      - A libpq connection URI (C(postgresql://user@host:port/db)); the individual options override its parts.
-      - Never logged, since it may carry a password.
-    type: str
 notes:
   - Run it once per database, for example with C(run_once).
 """
@@ -281,6 +262,16 @@ EXAMPLES = r"""
     database: shop
     user: shop_owner
     password: "{{ vault_shop_db_password }}"
+
+- name: Apply them to a managed PostgreSQL over TLS, verifying its certificate and name; dump with the host's pg_dump
+  berth.stack.safe_migration:
+    directory: migrations/
+    host: shop.abc123.eu-west-1.rds.amazonaws.com
+    database: shop
+    user: shop_owner
+    password: "{{ vault_shop_db_password }}"
+    sslmode: verify-full
+    sslrootcert: /etc/berth/shop/rds-ca.pem
 
 - name: Show what would run (check mode), allowing lock-heavy statements with a warning
   berth.stack.safe_migration:
@@ -632,8 +623,27 @@ def run_command_mode(module, connection, keywords: dict, result: dict) -> None:
         raise mig.MigrationError(f"{' '.join(params['command'])} exited {rc}: {stderr.strip() or stdout.strip()}")
 
 
+def check_dump_client(module, connection) -> None:
+    """Refuse a host pg_dump older than the server now, not when something is pending and the dump fails."""
+    params = module.params
+    if not params["backup"] or params["backup_container"]:
+        return
+    pg_dump = module.get_bin_path("pg_dump", required=True)
+    rc, stdout, stderr = module.run_command([pg_dump, "--version"])
+    if rc != 0:
+        raise mig.MigrationError(f"backup: {pg_dump} --version exited {rc}: {stderr.strip() or stdout.strip()}")
+    try:
+        client = pg.client_major(stdout)
+    except ValueError as error:
+        raise mig.MigrationError(f"backup: {pg_dump} --version: {error}") from error
+    too_old = pg.pg_dump_too_old(client, pg.server_major(connection))
+    if too_old:
+        raise mig.MigrationError(f"backup: {too_old} (or set backup_container); nothing was migrated")
+
+
 def migrate(module, connection, key, mode, keywords, result):
-    """Take the advisory lock (not in check mode), then run the mode's migrations into ``result``."""
+    """Check the backup's pg_dump, take the advisory lock (not in check mode), then run the mode's migrations."""
+    check_dump_client(module, connection)
     if not module.check_mode:
         waited = mig.acquire_lock(connection, key, module.params["lock_wait_timeout"])
         result["lock_wait_seconds"] = round(waited, 3)
@@ -652,7 +662,8 @@ def main():
         supports_check_mode=True,
     )
     pg.require_driver(module)
-    errors = parameter_errors(module.params)
+    keywords = pg.conninfo(module.params)
+    errors = parameter_errors(module.params) + pg.file_errors(keywords)
     if errors:
         module.fail_json(msg="; ".join(errors))
     mode = "sql" if module.params["directory"] else "command"
@@ -663,7 +674,6 @@ def main():
         except mig.MigrationError as error:
             module.fail_json(msg=str(error), mode=mode)
     result = {"changed": False, "mode": mode, "backup": {}, "queries": [], "migrations": [], "retries": []}
-    keywords = pg.conninfo(module.params)
     try:
         connection = pg.connect(keywords, f"berth.safe_migration@{socket.gethostname()}")
     except pg.DatabaseError as error:

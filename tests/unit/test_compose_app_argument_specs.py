@@ -39,3 +39,28 @@ def test_data_services_are_typed_by_the_role(data_services, message):
         assert errors == ""
     else:
         assert message in errors
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        ({"host": "db.example.test", "sslmode": "verify-full", "sslrootcert": "/etc/berth/ca.pem"}, None),
+        ({"sslcert": "/etc/berth/client.crt", "sslkey": "/etc/berth/client.key", "sslcrl": "/etc/berth/ca.crl"}, None),
+        ({"sslmode": "verify"}, "value of sslmode must be one of: disable, allow, prefer"),
+        ({"sslrootcert_file": "/etc/berth/ca.pem"}, "sslrootcert_file. Supported parameters include"),
+    ],
+)
+def test_the_database_takes_libpqs_tls_settings(database, message):
+    result = ArgumentSpecValidator(MAIN).validate(
+        {
+            "compose_app_name": "demo",
+            "compose_app_release": "v1",
+            "compose_app_services": [{"name": "web"}],
+            "compose_app_database": {"name": "shop", "user": "shop", **database},
+        }
+    )
+    errors = " / ".join(str(error) for error in result.errors)
+    if message is None:
+        assert errors == ""
+    else:
+        assert message in errors

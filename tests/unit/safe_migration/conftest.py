@@ -7,7 +7,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from safe_migration_harness import Database, module_process, result_of, start_cluster, stop_cluster
+from safe_migration_harness import (
+    Database,
+    make_authority,
+    module_process,
+    result_of,
+    start_cluster,
+    stop_cluster,
+)
 
 
 @pytest.fixture(scope="session")
@@ -19,14 +26,39 @@ def cluster():
         stop_cluster(started)
 
 
-@pytest.fixture
-def database(cluster):
+def fresh_database(cluster):
     name = f"t_{uuid.uuid4().hex[:10]}"
     with cluster.connect(autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {name}")
     yield Database(cluster, name)
     with cluster.connect(autocommit=True) as connection:
         connection.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database(cluster):
+    yield from fresh_database(cluster)
+
+
+@pytest.fixture(scope="session")
+def tls_authority(tmp_path_factory):
+    """The CA that signs the TLS cluster's certificate; ``.certificate_file`` is what sslrootcert names."""
+    return make_authority(tmp_path_factory.mktemp("tls-ca"), "ca")
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(tls_authority):
+    """A cluster like a managed server: TLS only (hostssl), its certificate for 127.0.0.1 signed by tls_authority."""
+    started = start_cluster(tls_authority)
+    try:
+        yield started
+    finally:
+        stop_cluster(started)
+
+
+@pytest.fixture
+def tls_database(tls_cluster):
+    yield from fresh_database(tls_cluster)
 
 
 @pytest.fixture

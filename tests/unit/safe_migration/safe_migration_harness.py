@@ -20,10 +20,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import psycopg
 from ansible_collections.berth.stack.plugins.plugin_utils import _migration_analysis as analysis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 REPO = Path(__file__).resolve().parents[3]
 COLLECTIONS = REPO / ".ansible" / "collections"
@@ -63,8 +69,71 @@ class Cluster:
         )
 
 
-def start_cluster() -> Cluster:
-    """initdb into a temporary directory as the postgres user and start it on a free loopback port."""
+@dataclass
+class Authority:
+    """A test certificate authority: its certificate file (what sslrootcert names) and its key, in memory."""
+
+    certificate_file: Path
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_authority(directory: Path, stem: str) -> Authority:
+    """A self-signed CA, written to ``<directory>/<stem>.crt``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"berth test CA {stem}"))
+        .issuer_name(_name(f"berth test CA {stem}"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file = directory / f"{stem}.crt"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return Authority(certificate_file, certificate, key)
+
+
+def issue_server_certificate(authority: Authority, directory: Path, address: str) -> tuple[Path, Path]:
+    """``server.crt`` and ``server.key``: for the IP address ``address`` only, signed by ``authority``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name("berth test PostgreSQL"))
+        .issuer_name(authority.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address(address))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(authority.key, hashes.SHA256())
+    )
+    certificate_file, key_file = directory / "server.crt", directory / "server.key"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return certificate_file, key_file
+
+
+def start_cluster(authority: Authority | None = None) -> Cluster:
+    """initdb into a temporary directory as the postgres user and start it on a free loopback port.
+
+    With ``authority``, the server speaks TLS with a certificate that authority signed for 127.0.0.1 (an IP
+    address only, so ``localhost``, the same address here, is a name it is not for), and pg_hba.conf has
+    only ``hostssl`` lines: a connection without TLS is refused, as a managed server refuses it.
+    """
     bin_dir = postgres_bin()
     base = tempfile.mkdtemp(prefix="berth-pg-")
     data, run = f"{base}/data", f"{base}/run"
@@ -79,6 +148,14 @@ def start_cluster() -> Cluster:
     initdb += ["--auth-host=scram-sha-256", "--auth-local=trust"]
     subprocess.run(as_postgres(initdb), check=True, capture_output=True)
     options = f"-p {port} -k {run} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+    if authority:
+        certificate, key = issue_server_certificate(authority, Path(base), "127.0.0.1")
+        if os.geteuid() == 0:
+            for path in (certificate, key):
+                shutil.chown(path, "postgres")
+        key.chmod(0o600)
+        Path(data, "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n")
+        options += f" -c ssl=on -c ssl_cert_file={certificate} -c ssl_key_file={key}"
     subprocess.run(
         as_postgres([str(bin_dir / "pg_ctl"), "-D", data, "-l", f"{base}/log", "-o", options, "-w", "start"]),
         check=True,
