@@ -71,14 +71,17 @@ def app_variables(tmp_path: Path, **extra) -> dict:
 def network():
     name = f"berth-test-nodata-{uuid.uuid4().hex[:8]}"
     yield name
-    subprocess.run(["docker", "network", "rm", name], capture_output=True, check=False)
+    for network in (name, f"{name}-blue", f"{name}-green"):
+        subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
 
 
 def test_no_data_services_creates_the_network_and_no_data_project(tmp_path, network):
     completed = run_role_tasks(tmp_path, "data.yml", app_variables(tmp_path, compose_app_network=network))
     assert completed.returncode == 0, completed.stdout[-4000:]
-    inspected = subprocess.run(["docker", "network", "inspect", network], capture_output=True, check=False)
-    assert inspected.returncode == 0, "the app's services need the network even without data services"
+    # Each color's app services run on their own network, which exists without data services too.
+    for name in (network, f"{network}-blue", f"{network}-green"):
+        inspected = subprocess.run(["docker", "network", "inspect", name], capture_output=True, check=False)
+        assert inspected.returncode == 0, f"{name}: the app's services need it even without data services"
     assert not (tmp_path / "srv" / "nodata" / "data").exists()
     containers = subprocess.run(
         ["docker", "ps", "-a", "-q", "--filter", "label=com.docker.compose.project=nodata-data"],
