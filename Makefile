@@ -16,7 +16,7 @@ SCENARIO ?=
 MOLECULE_CMD ?= test
 VERSION ?=
 
-.PHONY: help venv prepare images lint sanity unit molecule test demo demo-clean build clean
+.PHONY: help venv prepare images lint sanity unit unit-rollout unit-other molecule test demo demo-clean build clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,9 +46,20 @@ sanity: venv ## ansible-test sanity on a copy of the checkout
 	python3 tests/harness/prepare.py --only ansible-test
 	tests/harness/sanity.sh
 
+UNIT_PREPARE := python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
 unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the code talks to them)
-	python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
+	$(UNIT_PREPARE)
 	pytest -p no:cacheprovider tests/unit
+
+# make test splits the unit tests between its lanes: the compose_rollout module tests (real engine,
+# nginx and a request loop) in one, every other unit test in the other.
+unit-rollout: venv ## The compose_rollout module tests alone (tests/unit/compose_rollout)
+	$(UNIT_PREPARE)
+	pytest -p no:cacheprovider tests/unit/compose_rollout
+
+unit-other: venv ## Every unit test but the compose_rollout module tests
+	$(UNIT_PREPARE)
+	pytest -p no:cacheprovider tests/unit --ignore=tests/unit/compose_rollout
 
 molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=converge|verify|destroy...)
 	@for scenario in $(or $(SCENARIO),$(SCENARIOS)); do \
@@ -56,10 +67,11 @@ molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=con
 	done
 
 # `make test` runs these two lanes side by side after prepare (tests/harness/lanes.py); every
-# scenario under molecule/ must be in one of them. Balanced by their measured times: sanity, unit
-# and compose_app take about as long as lint and the other scenarios together.
-LANE_APP := sanity,unit,molecule:compose_app
-LANE_HOSTS := lint,molecule:docker_host,molecule:nginx,molecule:firewall,molecule:postgres_backup
+# scenario under molecule/ must be in one of them. Balanced by their measured times: sanity, the
+# compose_rollout module tests and compose_app take about as long as lint, the other unit tests and
+# the other scenarios together.
+LANE_APP := sanity,unit-rollout,molecule:compose_app
+LANE_HOSTS := lint,unit-other,molecule:docker_host,molecule:nginx,molecule:firewall,molecule:postgres_backup
 
 test: ## Everything CI runs: prepare, then two lanes side by side; each lane stops at its first failure
 	@rm -f $(BERTH_STAGE_RECORD)
