@@ -7,53 +7,12 @@ without services, so rendering one failed the deploy). The whole deploy with no 
 Docker host behind nginx, is the compose_app Molecule scenario's to run.
 """
 
-import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def run_role_tasks(tmp_path: Path, tasks_from: str, variables: dict, after: list | None = None):
-    play = {
-        "name": f"Run compose_app's {tasks_from}",
-        "hosts": "localhost",
-        "gather_facts": False,
-        # Play variables, not the include's: the tasks after the role read them too.
-        "vars": variables,
-        "tasks": [
-            {
-                "name": f"Run {tasks_from}",
-                "ansible.builtin.include_role": {
-                    "name": "berth.stack.compose_app",
-                    "tasks_from": tasks_from,
-                    "public": True,
-                },
-            },
-            *(after or []),
-        ],
-    }
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(json.dumps([play]))
-    inventory = tmp_path / "inventory.json"
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    inventory.write_text(json.dumps({"all": {"hosts": {"localhost": local}}}))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=False,
-    )
+from role_tasks import run_role_tasks
 
 
 def app_variables(tmp_path: Path, **extra) -> dict:
