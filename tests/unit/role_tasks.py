@@ -19,7 +19,9 @@ def run_role_tasks(
     after: list | None = None,
     role="berth.stack.compose_app",
     check=False,
+    path=(),
 ):
+    """ansible-playbook's completed process; ``path``: directories put first on PATH (a host's pg_dump)."""
     play = {
         "name": f"Run {role}'s {tasks_from}",
         "hosts": "localhost",
@@ -43,7 +45,12 @@ def run_role_tasks(
     inventory = tmp_path / "inventory.json"
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory.write_text(json.dumps({"all": {"hosts": {"localhost": local}}}))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    env = {
+        **os.environ,
+        "PATH": ":".join([str(BIN), *map(str, path), os.environ["PATH"]]),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
     return subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *(["--check"] if check else [])],
         capture_output=True,

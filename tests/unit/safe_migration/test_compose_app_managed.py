@@ -8,51 +8,17 @@ the host's pg_dump.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from safe_migration_harness import ACCOUNTS, PASSWORD, REPO, postgres_bin
+from role_tasks import run_role_tasks
+from safe_migration_harness import ACCOUNTS, PASSWORD, postgres_bin
 
 
 def run_migrate_step(tmp_path: Path, variables: dict) -> subprocess.CompletedProcess:
-    play = {
-        "name": "Migrate as compose_app does, with no data services",
-        "hosts": "localhost",
-        "gather_facts": False,
-        "tasks": [
-            {
-                "name": "Run the role's migrate step",
-                "ansible.builtin.include_role": {"name": "berth.stack.compose_app", "tasks_from": "migrate.yml"},
-                "vars": variables,
-            }
-        ],
-    }
-    playbook = tmp_path / "migrate.yml"
-    playbook.write_text(json.dumps([play]))
-    inventory = tmp_path / "inventory.json"
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-    inventory.write_text(json.dumps({"all": {"hosts": {"localhost": local}}}))
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        # The host's pg_dump: Debian's, the same major version as the cluster.
-        "PATH": f"{bin_dir}:{postgres_bin()}:{os.environ['PATH']}",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    return subprocess.run(
-        [str(bin_dir / "ansible-playbook"), "-i", str(inventory), str(playbook)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=False,
-    )
+    # The host's pg_dump: Debian's, the same major version as the cluster.
+    return run_role_tasks(tmp_path, "migrate.yml", variables, path=[postgres_bin()])
 
 
 @pytest.fixture
