@@ -657,12 +657,13 @@ def switch_back(plan, run, result, exc, explain=None):
     if not plan["upstreams"]:
         exc = explain() if explain else exc
         unwind(plan, run, f"rollout of {plan['release']} failed, the previous color keeps running: {exc}", exc)
+    failure = None
     try:
         with timed(result, "switch_back"):
             upstreams.set_markers(markers(plan, "before"))
     except OSError as error:
         failure = error
-    else:
+    if failure is None:
         exc = explain() if explain else exc
         unwind(plan, run, f"rollout of {plan['release']} switched back to the previous upstreams: {exc}", exc)
     # The markers could not be put back, so nginx may still send traffic to the new color: keep that
