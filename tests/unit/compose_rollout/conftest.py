@@ -143,6 +143,13 @@ class Nginx:
         self.conf = prefix / "nginx.conf"
         self.base = ["nginx", "-p", str(prefix), "-c", str(self.conf), "-e", str(prefix / "error.log")]
 
+    def reload(self):
+        """Reload, and wait until the old worker has exited: until then it may still take a new connection
+        and answer it from the previous configuration."""
+        master = (self.prefix / "nginx.pid").read_text().strip()
+        sh(*self.reload_command)
+        assert wait_for(lambda: len(sh("pgrep", "-P", master, check=False).stdout.split()) == 1, timeout=30)
+
     def restart(self):
         """Stop nginx (fast shutdown: every connection closed), wait until it is gone, start it again."""
         pid = int((self.prefix / "nginx.pid").read_text())
@@ -262,10 +269,12 @@ class KeepAliveLoop:
 
     def __init__(self, port=NGINX_PORT, max_requests=20000, max_seconds=90.0, connections=2, post=True):
         self.port, self.max_requests, self.max_seconds, self.post = port, max_requests, max_seconds, post
-        self.answers = []  # (monotonic time, status, version, retried, method, ok)
+        self.answers = []  # (monotonic time, status, version, retried, method, ok, connection number)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _number in range(connections)]
+        self._threads = [
+            threading.Thread(target=self._loop, args=(number,), daemon=True) for number in range(connections)
+        ]
 
     def _send(self, connection, method):
         """(status, body, connection, retried) of one request; status None when it got no answer."""
@@ -288,7 +297,7 @@ class KeepAliveLoop:
                 retried = True
         return None, b"unreachable", None, retried
 
-    def _loop(self):
+    def _loop(self, thread):
         deadline = time.monotonic() + self.max_seconds
         connection, number = None, 0
         while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < deadline:
@@ -298,7 +307,7 @@ class KeepAliveLoop:
             ok = status == (201 if method == "POST" else 200)
             version = json.loads(body).get("version") if ok else None
             with self._lock:
-                self.answers.append((time.monotonic(), status, version, retried, method, ok))
+                self.answers.append((time.monotonic(), status, version, retried, method, ok, thread))
             time.sleep(0.005)
         if connection is not None:
             connection.close()
@@ -336,12 +345,19 @@ class KeepAliveLoop:
 
     @property
     def versions(self):
-        """Versions in the order they were served, consecutive duplicates collapsed."""
-        order = []
-        for answer in self.answers:
-            if answer[2] and (not order or order[-1] != answer[2]):
-                order.append(answer[2])
-        return order
+        """Versions in the order each connection was served them, consecutive duplicates collapsed: the one
+        order every connection saw, or, when they differ, the list of each connection's (a comparison with
+        one order then fails, showing them). Only a connection's own order is exact: requests on different
+        connections overlap, and one that started before the switch may end after another's new answer."""
+        orders = []
+        for thread in range(len(self._threads)):
+            order = []
+            for answer in self.answers:
+                if answer[6] == thread and answer[2] and (not order or order[-1] != answer[2]):
+                    order.append(answer[2])
+            orders.append(tuple(order))
+        distinct = list(dict.fromkeys(orders))
+        return list(distinct[0]) if len(distinct) == 1 else [list(order) for order in distinct]
 
     def summary(self):
         return (

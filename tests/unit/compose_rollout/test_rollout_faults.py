@@ -16,7 +16,19 @@ import time
 
 import pytest
 import yaml
-from conftest import API, APP, PORTS, container_states, http_get, inspect_service, served_version, sh, wait_for
+from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
+from conftest import (
+    API,
+    APP,
+    PORTS,
+    KeepAliveLoop,
+    container_states,
+    http_get,
+    inspect_service,
+    served_version,
+    sh,
+    wait_for,
+)
 
 PLACEHOLDER_URL = "http://127.0.0.1:18251"
 
@@ -76,6 +88,44 @@ def test_a_site_that_does_not_choose_by_the_markers_is_refused_before_the_new_co
     assert served_version() == version
     assert container_states(f"{APP}-{other(live)}").get("backend") in (None, "exited")
     assert state_file() == before
+
+
+def test_a_host_with_the_single_group_files_of_earlier_rollouts_keeps_serving_through_its_first_rollout(
+    rollout, release, nginx, state_file, serving
+):
+    """The upgrade path: files as rollouts wrote them before the color markers (one group, the live color's
+    ports) and no marker, with the new sites, which then send each upstream to that one group."""
+    serving("v1")
+    live = state_file()["active"]["color"]
+    for name, service in (("crtest_backend", "backend"), ("crtest_frontend", "frontend")):
+        legacy = upstreams.render_upstream(name, [PORTS[service][live]], 16, f"color {live}, release r1")
+        (nginx.upstreams / f"{name}.conf").write_text(legacy)
+        for color in ("blue", "green"):
+            (nginx.upstreams / f"{name}.{color}").unlink(missing_ok=True)
+    sh(*nginx.reload_command)
+    assert wait_for(
+        lambda: http_get(API) == (200, http_get(f"http://127.0.0.1:{PORTS['backend'][live]}/api/health")[1])
+    )
+    with KeepAliveLoop() as loop:
+        first = rollout(release("r14", "v2"), "r14")
+    print(f"first rollout: {loop.summary()}; timings: {first['timings']}; failed: {loop.failed[:5]}")
+    assert not first.get("failed"), first.get("msg")
+    # The files gain both colors' groups, and nginx reloads once, before the new color starts.
+    assert [(item["changed"], item["switch"]) for item in first["plan"]["upstreams"]] == [(True, True)] * 2
+    assert loop.failed == []
+    assert loop.versions == ["v1", "v2"]
+    assert nginx.selected("crtest_backend") == other(live)
+    assert upstreams.upstream_ports(
+        upstreams.upstream_blocks((nginx.upstreams / "crtest_backend.conf").read_text())["crtest_backend"]
+    ) == [PORTS["backend"][live]]
+    # From then on, no reload and no retried request.
+    with KeepAliveLoop() as loop:
+        second = rollout(release("r1", "v1"), "r1")
+    print(f"second rollout: {loop.summary()}; timings: {second['timings']}")
+    assert not second.get("failed"), second.get("msg")
+    assert [item["changed"] for item in second["plan"]["upstreams"]] == [False, False]
+    assert loop.failed == [] and loop.retried == []
+    assert loop.versions == ["v2", "v1"]
 
 
 def test_a_changed_env_file_under_a_recorded_release_id_is_refused(rollout, release, state_file, serving):
