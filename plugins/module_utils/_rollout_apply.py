@@ -525,8 +525,9 @@ def prepare_nginx(plan, run):
 
 
 def check_switch(plan, run):
-    """Right before the switch, the last gate: ``nginx -T`` shows once more that nginx defines the color's
-    groups and tests its markers (a site changed since the rollout began could have stopped doing so)."""
+    """Right before the last recheck of the new color, and so milliseconds before the switch: ``nginx -T``
+    shows once more that nginx defines the color's groups and tests its markers (a site changed since the
+    rollout began could have stopped doing so)."""
     dump = plan["nginx_dump_command"]
     if dump:
         rc, out, err = run(dump)
@@ -694,18 +695,19 @@ def apply(plan, run, result, quiet_run=None):
         try:
             start_and_gate(plan, run, result["gates"])
             result["images"] = release_images(run, plan["project"])
+            if plan["upstreams"]:
+                with timed(result, "switch_check"):
+                    check_switch(plan, run)
+            # The last gate: from its end to the markers in place is the switch.
             recheck_before_switch(plan, run, result["gates"])
         except (RolloutFailed, docker.DockerError) as exc:
             unwind(plan, run, f"rollout of {release} stopped before the switch, traffic untouched: {exc}", exc)
-    try:
-        if plan["upstreams"]:
-            with timed(result, "switch_check"):
-                check_switch(plan, run)
-        with timed(result, "switch"):
+    with timed(result, "switch"):
+        try:
             if plan["upstreams"]:
                 switch_markers(plan)
-    except RolloutFailed as exc:
-        unwind(plan, run, f"rollout of {release}: switch refused: {exc}", exc)
+        except RolloutFailed as exc:
+            unwind(plan, run, f"rollout of {release}: {exc}", exc)
     switched_at = time.monotonic()
     old = plan["previous"]["color"]
     try:

@@ -27,10 +27,11 @@ description:
     replicas) are written (atomic rename), checked with C(nginx -t) and C(nginx -T) (nginx reads them, defines
     the groups and tests the markers) and nginx is reloaded gracefully; the previous files come back when
     nginx refuses them. No marker moves then, so traffic does not. Otherwise nginx is tested, not reloaded.
-  - When every gate passes, C(nginx -T) checks once more that nginx defines the new color's groups and tests
-    its markers, then the switch moves the markers (written aside, renamed into place, the other color's
-    removed), with no reload, so keep-alive connections stay open and every new request goes to the new color.
-    Its duration is C(switch) in RV(timings), the check's C(switch_check). The probes then run again
+  - Once the services pass their gates, C(nginx -T) checks once more that nginx defines the new color's groups
+    and tests its markers, and each service is checked once more; then the switch moves the markers (written
+    aside, renamed into place, the other color's removed), with no reload, so keep-alive connections stay
+    open and every new request goes to the new color. Its duration is C(switch) in RV(timings), the check's
+    C(switch_check). The probes then run again
     through nginx, and a failure there moves the markers back (no reload either). When the markers cannot be
     moved back, the new color keeps running and is recorded, because nginx still routes to it. An app with no
     service behind nginx (no O(services[].upstream), workers only) leaves nginx untouched, with no test, no
@@ -372,10 +373,11 @@ timings:
   description:
     - Seconds per step (nginx_prepare, start_and_gate, switch_check, switch, nginx_probe, watch, switch_back,
       record, drain, stop_old, keep_images, total).
-    - C(switch) is the marker move (written aside, renamed, the old ones removed, the directory synced); before
-      it nginx sends every new request to the old color, after it to the new one. C(switch_check) is
-      the C(nginx -T) check right before it, C(nginx_prepare) the test before the new color starts and, when
-      an upstream file changed, the reload.
+    - C(switch) runs from the end of the last gate (the recheck) to every marker in place (written aside,
+      renamed, the old ones removed, the directory synced); before it nginx sends every new request to the old
+      color, after it to the new one. C(switch_check) is the C(nginx -T) check right before the recheck (part of
+      C(start_and_gate)), C(nginx_prepare) the test before the new color starts and, when an upstream file
+      changed, the reload.
   returned: unless O(check_unchanged)
   type: dict
   sample: {"nginx_prepare": 0.02, "start_and_gate": 6.2, "switch_check": 0.01, "switch": 0.004, "nginx_probe": 2.0,
