@@ -8,11 +8,13 @@
                with nothing changed (wall time of the whole playbook; target 10 s)
 
 Everything runs on this machine: the demo images (make prepare), PostgreSQL in a container, and an
-nginx started here with its own prefix on 127.0.0.1:18240. The load is a paced Python client
-(--rate requests/s over keep-alive connections, bounded by --max-seconds and rate * max-seconds
-requests) against 127.0.0.1 through nginx. It prints one table: failed requests, requests retried on
-a new connection after a closed keep-alive connection, p50/p99 latency and rollout duration for each
-case, from one run.
+nginx started here with its own prefix on 127.0.0.1:18240, whose site chooses the upstream group by
+the rollout's color markers as the nginx role's sites do. The load is a paced Python client (--rate
+requests/s over keep-alive connections, bounded by --max-seconds and rate * max-seconds requests)
+against 127.0.0.1 through nginx, GET /api/health and POST /api/notes in turn. It prints one table:
+failed requests, requests retried on a new connection after a closed keep-alive connection, p50/p99
+latency, rollout duration and the switch's duration (the module's timings.switch: from the last gate
+to every marker in place) for each case, from one run.
 
     .venv/bin/python bench/rollout.py [--rate 300]
 """
@@ -34,6 +36,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".ansible" / "collections"))
+from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
+
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS = REPO / "tests" / "fixtures" / "demo-app" / "migrations"
 PSQL = "/usr/lib/postgresql/15/bin/psql"
@@ -54,7 +59,8 @@ def sh(*argv, check=True, env=None, cwd=None, timeout=300):
 
 
 class Load:
-    """Paced GETs through nginx from several threads, each on its own keep-alive connection."""
+    """Paced requests through nginx from several threads, each on its own keep-alive connection: GET
+    /api/health and POST /api/notes in turn."""
 
     def __init__(self, rate, max_seconds, threads=8):
         self.rate, self.max_seconds, self.threads = rate, max_seconds, threads
@@ -75,24 +81,29 @@ class Load:
             if wait > 0:
                 time.sleep(wait)
             begun = time.monotonic()
-            status, connection, retried = self._get(connection)
+            status, connection, retried = self._get(connection, post=number % 2 == 1)
             with self._lock:
                 self.results.append((status, time.monotonic() - begun, time.monotonic(), retried))
 
     @staticmethod
-    def _get(connection, port=NGINX_PORT):
-        """One GET, retried once on a fresh connection when a reused keep-alive connection was closed
-        before any answer (as browsers and HTTP libraries do: nginx closes idle connections on reload).
-        Returns (status, connection, retried): a retry is counted, never hidden."""
+    def _get(connection, port=NGINX_PORT, post=False):
+        """One GET (or POST of a note), retried once on a fresh connection when a reused keep-alive
+        connection was closed before any answer (as browsers and HTTP libraries do: nginx closes idle
+        connections on reload). Returns (status, connection, retried): a retry is counted, never hidden;
+        a POST's 201 counts as 200."""
         retried = False
         for reused in (connection is not None, False):
             if connection is None:
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             try:
-                connection.request("GET", "/api/health")
+                if post:
+                    body = json.dumps({"body": "bench"})
+                    connection.request("POST", "/api/notes", body=body, headers={"Content-Type": "application/json"})
+                else:
+                    connection.request("GET", "/api/health")
                 response = connection.getresponse()
                 response.read()
-                return response.status, connection, retried
+                return (200 if post and response.status == 201 else response.status), connection, retried
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 connection = None
@@ -136,11 +147,12 @@ class Load:
 
 
 def write_nginx(prefix: Path):
-    upstreams = prefix / "upstreams"
-    upstreams.mkdir()
-    (upstreams / f"{PREFIX}_backend.conf").write_text(
+    upstreams_dir = prefix / "upstreams"
+    upstreams_dir.mkdir()
+    (upstreams_dir / f"{PREFIX}_backend.conf").write_text(
         f"upstream {PREFIX}_backend {{\n    server 127.0.0.1:{NAIVE_PORT} max_fails=0;\n    keepalive 16;\n}}\n"
     )
+    selectors = "\n        ".join(upstreams.selector_directives(f"{PREFIX}_backend", str(upstreams_dir)))
     temp = " ".join(
         f"{name}_temp_path {prefix}/{name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
@@ -152,13 +164,15 @@ events {{ worker_connections 1024; }}
 http {{
     access_log off;
     {temp}
-    include {upstreams}/*.conf;
+    include {upstreams_dir}/*.conf;
     server {{ listen 127.0.0.1:{PLACEHOLDER_PORT}; return 503; }}
     server {{
         listen 127.0.0.1:{NGINX_PORT};
+        open_file_cache off;
+        {selectors}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        location /api/ {{ proxy_pass http://{PREFIX}_backend; }}
+        location /api/ {{ proxy_pass http://$berth_upstream_{PREFIX}_backend; }}
     }}
 }}
 """
@@ -337,46 +351,57 @@ def main() -> int:
                 return time.monotonic() - begun
 
             summary, seconds = measure(load_args, naive_up)
-            rows.append(("(a) naive compose up -d, v1 -> v2", summary, seconds, "ok"))
+            rows.append(("(a) naive compose up -d, v1 -> v2", summary, seconds, "ok", None))
             sh("docker", "compose", "-p", f"{PREFIX}-naive", "down", "--timeout", "2")
 
             first, _seconds = rollout(work, nginx, "v1")
             if first.get("failed"):
                 sys.exit(f"bench: first berth deploy failed: {first['msg']}")
             summary, (result, seconds) = measure(load_args, lambda: rollout(work, nginx, "v2"))
-            rows.append(("(b) berth rollout, v1 -> v2", summary, seconds, "failed" if result.get("failed") else "ok"))
+            outcome = "failed" if result.get("failed") else "ok"
+            rows.append(("(b) berth rollout, v1 -> v2", summary, seconds, outcome, result["timings"]))
             summary, (result, seconds) = measure(load_args, lambda: rollout(work, nginx, "v3"))
             outcome = (
                 "refused at " + result.get("failed_gate", {}).get("gate", "?") + " gate"
                 if result.get("failed")
                 else "DEPLOYED"
             )
-            rows.append(("(c) berth rollout to broken v3", summary, seconds, outcome))
+            rows.append(("(c) berth rollout to broken v3", summary, seconds, outcome, result["timings"]))
             begun = time.monotonic()
             summary, (result, _seconds) = measure(load_args, lambda: rollout(work, nginx, "v2"), settle=0.5)
             outcome = "changed" if result.get("changed") else "unchanged"
-            rows.append(("(d) berth rollout of serving v2 again", summary, time.monotonic() - begun - 1.0, outcome))
+            seconds = time.monotonic() - begun - 1.0
+            rows.append(("(d) berth rollout of serving v2 again", summary, seconds, outcome, None))
         finally:
             sh(*nginx, "-s", "quit", check=False)
             cleanup()
-    print(f"\nrollout benchmark: {args.rate} req/s target through nginx on 127.0.0.1:{NGINX_PORT}, GET /api/health\n")
+    print(
+        f"\nrollout benchmark: {args.rate} req/s target through nginx on 127.0.0.1:{NGINX_PORT}, "
+        "GET /api/health and POST /api/notes in turn\n"
+    )
     header = (
         f"{'case':40} {'requests':>8} {'req/s':>6} {'failed':>7} {'retried':>7} {'errors s':>8} {'p50 ms':>7} "
-        f"{'p99 ms':>7} "
-        f"{'rollout s':>9}  outcome"
+        f"{'p99 ms':>7} {'rollout s':>9} {'check ms':>8} {'switch ms':>9}  outcome"
     )
     print(header)
     print("-" * len(header))
-    for name, summary, seconds, outcome in rows:
+    for name, summary, seconds, outcome, timings in rows:
+        check_ms, switch_ms = (
+            f"{timings[key] * 1000:.1f}" if key in (timings or {}) else "-" for key in ("switch_check", "switch")
+        )
         print(
             f"{name:40} {summary['requests']:>8} {summary['rate']:>6.0f} {summary['failed']:>7} "
             f"{summary['retried']:>7} {summary['error_window_s']:>8.1f} {summary['p50_ms']:>7.1f} "
-            f"{summary['p99_ms']:>7.1f} {seconds:>9.1f}  {outcome}"
+            f"{summary['p99_ms']:>7.1f} {seconds:>9.1f} {check_ms:>8} {switch_ms:>9}  {outcome}"
         )
-    for name, summary, _seconds, _outcome in rows:
+    for name, summary, _seconds, _outcome, _switch in rows:
         if summary["failures"]:
             print(f"failed requests of {name}: {summary['failures']}")
-    print(f"(b) and (c) use a {WATCH_SECONDS:g} s watch window; (d)'s rollout s is the playbook's wall time.")
+    print(
+        f"(b) and (c) use a {WATCH_SECONDS:g} s watch window; (d)'s rollout s is the playbook's wall time; "
+        "check ms is the module's timings.switch_check (nginx -T, before the last recheck), switch ms its "
+        "timings.switch (from the last gate to the color markers renamed into place; no reload)."
+    )
     demo = demo_noop_seconds()
     if demo is None:
         print(f"no-op playbooks/app.yml on the demo: no {DEMO_CONTAINER} container (run `make demo` first)")

@@ -96,8 +96,10 @@ options:
             required: true
       upstream:
         description:
-          - nginx upstream that serves this service, written to C(<upstreams_dir>/<upstream>.conf); lower-case
-            letters, digits and C(_), starting with a letter, and used by one service only.
+          - nginx upstream that serves this service, written to C(<upstreams_dir>/<upstream>.conf) with one group
+            per color (C(<upstream>__blue), C(<upstream>__green)) and switched by the color markers
+            C(<upstreams_dir>/<upstream>.blue) and C(.green); lower-case letters, digits and C(_), starting with a
+            letter, and used by one service only.
           - When unset and O(services[].container_port) is set, C(<app>_<name>) with every character outside
             C([a-z0-9_]) as C(_). When both are unset the service is not behind nginx.
         type: str

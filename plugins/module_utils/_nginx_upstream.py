@@ -1,21 +1,76 @@
 # Copyright (c) berth.stack maintainers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""nginx upstream files as the nginx role and the rollout share them.
+"""nginx upstream files and colour markers, as the nginx role and the rollout share them.
 
-One file per upstream, ``<upstreams_dir>/<name>.conf``, holding exactly one ``upstream`` block
-that the nginx role's http context includes. The rollout replaces a file atomically (a temporary
-file in the same directory, then rename), checks the whole configuration with ``nginx -t``, and
-restores the previous contents when the check fails.
+One file per upstream, ``<upstreams_dir>/<name>.conf``, that the nginx role's http context includes.
+The nginx role writes it first as a placeholder, one ``upstream <name>`` block. The rollout then owns
+it and writes one group per color beside that block, ``upstream <name>__blue`` and
+``upstream <name>__green`` (each color's fixed 127.0.0.1 ports): a file changes only when a color's
+ports change, and the rollout replaces it atomically, checks the whole configuration with
+``nginx -t`` and reloads before any traffic can reach the changed group.
+
+Which group serves is chosen per request by the site's server block (the nginx role's site
+template) from the color markers beside the file, with no reload:
+
+    set $berth_upstream_<name> <name>;
+    if (-f <upstreams_dir>/<name>.blue) { set $berth_upstream_<name> <name>__blue; }
+    if (-f <upstreams_dir>/<name>.green) { set $berth_upstream_<name> <name>__green; }
+    ... proxy_pass http://$berth_upstream_<name>;
+
+So green wins when both markers exist, and with no marker (before the first switch, or on a host
+deployed before the markers existed) the ``<name>`` block serves as it always did. A switch writes the
+new marker aside and renames it into place, then removes the other one: for nginx exactly one of
+those two steps changes the answer, and each is atomic. The markers are the record on disk: nginx
+reads them at every request, so the live color survives a restart and a reboot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 
 from ansible_collections.berth.stack.plugins.module_utils import _files as files
 
 FILE_MODE = 0o644
+# The order of the site template's tests: when both markers exist, the later color wins.
+MARKER_ORDER = ("blue", "green")
+
+
+def group_name(name, color):
+    """The upstream group of one color of upstream ``name``."""
+    return f"{name}__{color}"
+
+
+def marker_path(upstreams_dir, name, color):
+    """The file whose existence sends upstream ``name`` to its ``color`` group."""
+    return os.path.join(upstreams_dir, f"{name}.{color}")
+
+
+def marker_content(name, color, app):
+    return (
+        f"# berth.stack.compose_rollout, app {app}: while this file exists nginx sends {name} to "
+        f"{group_name(name, color)}\n"
+    )
+
+
+def selector_directives(name, upstreams_dir):
+    """The server-context lines that choose upstream ``name``'s group from its markers (the nginx role's
+    site template writes the same); locations then ``proxy_pass http://$berth_upstream_<name>``."""
+    variable = f"$berth_upstream_{name}"
+    lines = [f"set {variable} {name};"]
+    lines += [
+        f"if (-f {marker_path(upstreams_dir, name, color)}) {{ set {variable} {group_name(name, color)}; }}"
+        for color in MARKER_ORDER
+    ]
+    return lines
+
+
+def selected_color(markers):
+    """The color nginx selects given ``markers`` (color -> the marker's content, None when absent), or None."""
+    present = [color for color in MARKER_ORDER if markers.get(color) is not None]
+    return present[-1] if present else None
 
 
 def upstream_path(upstreams_dir, name):
@@ -43,8 +98,40 @@ def read_file(path):
 
 
 def upstream_ports(content):
-    """The ports of the 127.0.0.1 servers an upstream file names (to tell which color it points at)."""
+    """The ports of the 127.0.0.1 servers an upstream block (or file) names (to tell which color it points at)."""
     return [int(port) for port in re.findall(r"^\s*server\s+127\.0\.0\.1:(\d+)\b", content or "", re.MULTILINE)]
+
+
+def upstream_blocks(content):
+    """name -> the text of each ``upstream <name> {...}`` block of a file, in order (comments left out)."""
+    text = re.sub(r"#[^\n]*", "", content or "")
+    blocks = {}
+    for match in re.finditer(r"(?:^|[\s;{}])upstream\s+([A-Za-z0-9_.-]+)\s*\{", text):
+        depth, start = 1, match.end()
+        for index in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[index], 0)
+            if depth == 0:
+                blocks[match.group(1)] = f"upstream {match.group(1)} {{{text[start:index]}}}"
+                break
+    return blocks
+
+
+def render_upstream_file(blocks, comment):
+    """An upstream file: a comment, then each block (as upstream_blocks() or render_upstream() give it)."""
+    lines = [f"# {line}" for line in comment.splitlines()]
+    return "\n".join(lines + [block.strip() + "\n" for block in blocks])
+
+
+def dumped_upstreams(dump):
+    """The names of the upstream groups an ``nginx -T`` dump defines."""
+    return set(re.findall(r"^\s*upstream\s+([A-Za-z0-9_.-]+)\s*\{", dump or "", re.MULTILINE))
+
+
+def dump_tests_marker(dump, path):
+    """Whether an ``nginx -T`` dump tests for ``path`` (``if (-f <path>)``), i.e. whether the marker can
+    change anything."""
+    text = re.sub(r"#[^\n]*", "", dump or "")
+    return re.search(r"\bif\s*\(\s*-f\s+" + re.escape(path) + r"\s*\)", text) is not None
 
 
 def dumped_files(dump):
@@ -97,3 +184,36 @@ def restore(path, previous):
             os.unlink(path)
     else:
         write_atomically(path, previous)
+
+
+def set_markers(changes):
+    """Put markers in place, ``changes`` being path -> content (None: remove). Every new marker is written
+    aside and synced first; then they are renamed into place, then the others removed, back to back, and
+    the directories synced so that the switch survives a reboot."""
+    prepared = []
+    try:
+        for path, content in changes.items():
+            if content is not None:
+                fd, temporary = tempfile.mkstemp(prefix=".berth-", suffix=".tmp", dir=os.path.dirname(path))
+                prepared.append((temporary, path))
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(content)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(temporary, FILE_MODE)
+        for temporary, path in prepared:
+            os.replace(temporary, path)
+        for path, content in changes.items():
+            if content is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+    finally:
+        for temporary, _path in prepared:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+    for directory in {os.path.dirname(path) for path in changes}:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -2,9 +2,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """compose_rollout's side effects: what it observes before planning, and ``apply(plan)``.
 
-``apply`` starts the new color service by service behind its gates, checks it once more right before
-switching the upstream files, probes through nginx, watches the new color for a window while the old
-one still runs, then records the release and stops the old color. Every failure leaves
+``apply`` first makes nginx ready for the new color (its upstream groups written, tested and
+reloaded only when they changed; traffic does not move), starts the new color service by service
+behind its gates, checks it once more right before switching the color markers (no reload), probes
+through nginx, watches the new color for a window while the old one still runs, then records the
+release and stops the old color. Every failure leaves
 through ``unwind()``, which stops the new color where it does not serve and raises RolloutFailed
 with the message naming the step; the partial results (gates, commands, timings) stay in ``result``.
 
@@ -462,13 +464,43 @@ def write_upstreams(plan):
             upstreams.write_atomically(item["path"], item["content"])
 
 
-def switch_upstreams(plan, run):
-    """Write the upstream files, check nginx reads and accepts them, reload; restore and raise when not."""
+def nginx_refusal(plan, dump, rc, out, err):
+    """Why the ``nginx -T`` dump does not let the markers switch the plan's upstreams, or None: nginx must
+    read every upstream file, define the color's groups and test every marker."""
     settings = plan["settings"]
-    if not plan["upstreams"]:
-        # Nothing of this app is behind nginx (workers only): a reload would only close other
-        # apps' idle keep-alive connections.
-        return
+    command = " ".join(dump)
+    if rc != 0:
+        return f"`{command}` failed: {(err or out).strip()[-500:]}"
+    read = {os.path.realpath(path) for path in upstreams.dumped_files(out)}
+    unread = [item["path"] for item in plan["upstreams"] if os.path.realpath(item["path"]) not in read]
+    if unread:
+        return (
+            f"`{command}` shows nginx does not read {', '.join(unread)}; upstreams_dir={settings['upstreams_dir']!r} "
+            "must be the directory nginx includes (the nginx role's upstreams directory)"
+        )
+    groups = upstreams.dumped_upstreams(out)
+    missing = [item["group"] for item in plan["upstreams"] if item["group"] not in groups]
+    if missing:
+        return f"`{command}` shows no upstream group {', '.join(missing)}"
+    untested = [
+        path for item in plan["upstreams"] for path in item["markers"] if not upstreams.dump_tests_marker(out, path)
+    ]
+    if untested:
+        return (
+            f"`{command}` shows no server that tests the color markers {', '.join(untested)} (if (-f ...)): the sites "
+            "that proxy to these upstreams must choose the group by its markers, as the berth.stack.nginx role's "
+            "site template does"
+        )
+    return None
+
+
+def prepare_nginx(plan, run):
+    """Before the new color starts: write the upstream files whose groups changed, check that nginx accepts
+    them (``nginx -t``), reads them, defines the color's groups and tests its markers (``nginx -T``), and
+    reload when a file changed. No marker moves, so traffic stays where it is; on a refusal the previous
+    files come back."""
+    settings = plan["settings"]
+    changed = any(item["changed"] for item in plan["upstreams"])
     write_upstreams(plan)
     rc, message = nginx_command(run, settings["nginx_test_command"])
     if rc != 0:
@@ -477,34 +509,60 @@ def switch_upstreams(plan, run):
     dump = plan["nginx_dump_command"]
     if dump:
         rc, out, err = run(dump)
-        read = {os.path.realpath(path) for path in upstreams.dumped_files(out)}
-        unread = [item["path"] for item in plan["upstreams"] if os.path.realpath(item["path"]) not in read]
-        if rc != 0 or unread:
+        why = nginx_refusal(plan, dump, rc, out, err)
+        if why:
             restore_upstreams(plan)
-            why = (
-                f"failed: {(err or out).strip()[-500:]}"
-                if rc != 0
-                else f"shows nginx does not read {', '.join(unread)}"
-            )
-            raise RolloutFailed(
-                f"`{' '.join(dump)}` {why}; upstreams_dir={settings['upstreams_dir']!r} must be the directory "
-                "nginx includes (the nginx role's upstreams directory); previous files restored, traffic untouched"
-            )
+            raise RolloutFailed(f"{why}; previous files restored, traffic untouched")
         plan["nginx_tls"] = nginx_tls(plan, out)
     else:
         plan["nginx_tls"] = nginx_tls(plan, None)
-    rc, message = nginx_command(run, settings["nginx_reload_command"])
-    if rc != 0:
-        restore_upstreams(plan)
-        nginx_command(run, settings["nginx_reload_command"])
-        raise RolloutFailed(f"nginx reload failed, previous upstream files restored: {message}")
+    if changed:
+        rc, message = nginx_command(run, settings["nginx_reload_command"])
+        if rc != 0:
+            restore_upstreams(plan)
+            nginx_command(run, settings["nginx_reload_command"])
+            raise RolloutFailed(f"nginx reload failed, previous upstream files restored: {message}")
+
+
+def check_switch(plan, run):
+    """Right before the last recheck of the new color, and so milliseconds before the switch: ``nginx -T``
+    shows once more that nginx defines the color's groups and tests its markers (a site changed since the
+    rollout began could have stopped doing so)."""
+    dump = plan["nginx_dump_command"]
+    if dump:
+        rc, out, err = run(dump)
+        why = nginx_refusal(plan, dump, rc, out, err)
+        if why:
+            raise RolloutFailed(f"{why}; traffic untouched")
+
+
+def switch_markers(plan):
+    """The switch: the markers move (written aside, renamed into place, the other color's removed). No
+    reload: every request after the rename goes to the new color, on any connection."""
+    try:
+        upstreams.set_markers(markers(plan, "after"))
+    except OSError as exc:
+        # Some markers may have moved: all go back before the new color is stopped.
+        upstreams.set_markers(markers(plan, "before"))
+        raise RolloutFailed(f"the color markers could not be moved ({exc}); previous markers restored") from exc
+
+
+def markers(plan, which):
+    """Each marker the switch changes -> its content ``before`` or ``after`` the switch (None: absent)."""
+    return {
+        path: marker[which]
+        for item in plan["upstreams"]
+        for path, marker in item["markers"].items()
+        if marker["before"] != marker["after"]
+    }
 
 
 def nginx_tls(plan, dump):
     """How the probes through an https nginx_url verify nginx: SNI and name from nginx_host_header, the
     certificate against nginx_ca_file, else against the certificate of the server nginx -T shows for that
-    name (the site's own), else (no dump) the system CAs. None for http. Restores and raises, before the
-    reload, when the dump has no TLS server for the name: the probes could not reach the site."""
+    name (the site's own), else (no dump) the system CAs. None for http. Restores the upstream files and
+    raises, before any reload, when the dump has no TLS server for the name: the probes could not reach
+    the site."""
     settings = plan["settings"]
     if not (settings["nginx_url"] or "").startswith("https://"):
         return None
@@ -544,7 +602,7 @@ def record(plan, result):
         except OSError as exc:
             raise RolloutFailed(
                 f"nginx routes to color {plan['color']} (release {plan['release']}), but {plan['state_path']} could "
-                f"not be written: {exc}; the next rollout reads the live color from the upstream files"
+                f"not be written: {exc}; the next rollout reads the live color from the color markers"
             ) from exc
     result.update(pruned_releases=pruned, history=state["releases"])
 
@@ -593,26 +651,32 @@ def unwind(plan, run, message, exc):
 
 
 def switch_back(plan, run, result, exc, explain=None):
-    """After a failed probe through nginx: the previous upstream files, or, when nginx does not take them
-    back, the new color kept serving and recorded. With nothing behind nginx there is nothing to switch:
-    the new color is stopped, the old one never stopped running. ``explain()`` builds the failure after
-    the switch back, so that gathering logs does not keep traffic on a failing color."""
+    """After a failed probe through nginx: the previous color markers back (no reload), or, when they
+    cannot be put back, the new color kept serving and recorded. With nothing behind nginx there is
+    nothing to switch: the new color is stopped, the old one never stopped running. ``explain()`` builds
+    the failure after the switch back, so that gathering logs does not keep traffic on a failing color."""
     if not plan["upstreams"]:
         exc = explain() if explain else exc
         unwind(plan, run, f"rollout of {plan['release']} failed, the previous color keeps running: {exc}", exc)
-    restore_upstreams(plan)
-    rc, message = nginx_command(run, plan["settings"]["nginx_reload_command"])
-    exc = explain() if explain else exc
-    if rc == 0:
+    failure = None
+    try:
+        with timed(result, "switch_back"):
+            upstreams.set_markers(markers(plan, "before"))
+    except OSError as error:
+        failure = error
+    if failure is None:
+        exc = explain() if explain else exc
         unwind(plan, run, f"rollout of {plan['release']} switched back to the previous upstreams: {exc}", exc)
-    # nginx did not take the previous files back, so it still routes to the new color: keep that color
-    # running, and make the files and state.json say so too.
-    write_upstreams(plan)
+    # The markers could not be put back, so nginx may still send traffic to the new color: keep that
+    # color running, and make the markers and state.json say so too.
+    with contextlib.suppress(OSError):
+        upstreams.set_markers(markers(plan, "after"))
+    exc = explain() if explain else exc
     record(plan, result)
     raise RolloutFailed(
-        f"rollout of {plan['release']} failed through nginx and switching back failed (nginx reload: {message}): "
+        f"rollout of {plan['release']} failed through nginx and switching back failed (color markers: {failure}): "
         f"traffic is still on color {plan['color']} (release {plan['release']}), which keeps running and is "
-        f"recorded as active; the upstream files point at it. {exc}",
+        f"recorded as active; the color markers point at it. {exc}",
         **exc.details,
     ) from exc
 
@@ -621,16 +685,27 @@ def apply(plan, run, result, quiet_run=None):
     """Carry ``plan`` out; ``result`` receives gates, timings, images, history and pruned releases as they
     happen. ``quiet_run`` (default ``run``) runs the watch window's many Docker commands untraced."""
     release = plan["release"]
+    if plan["upstreams"]:
+        with timed(result, "nginx_prepare"):
+            try:
+                prepare_nginx(plan, run)
+            except RolloutFailed as exc:
+                unwind(plan, run, f"rollout of {release}: {exc}", exc)
     with timed(result, "start_and_gate"):
         try:
             start_and_gate(plan, run, result["gates"])
             result["images"] = release_images(run, plan["project"])
+            if plan["upstreams"]:
+                with timed(result, "switch_check"):
+                    check_switch(plan, run)
+            # The last gate: from its end to the markers in place is the switch.
             recheck_before_switch(plan, run, result["gates"])
         except (RolloutFailed, docker.DockerError) as exc:
             unwind(plan, run, f"rollout of {release} stopped before the switch, traffic untouched: {exc}", exc)
     with timed(result, "switch"):
         try:
-            switch_upstreams(plan, run)
+            if plan["upstreams"]:
+                switch_markers(plan)
         except RolloutFailed as exc:
             unwind(plan, run, f"rollout of {release}: {exc}", exc)
     switched_at = time.monotonic()

@@ -6,7 +6,8 @@ on the host, without touching the host.
 ``plan_rollout(params, observed)`` is pure: ``observed`` holds the app's state.json, the current
 content of each upstream file (read once, by path), the digest of the release's files and Compose's
 order of the services. The plan says which color serves and which one starts, the order, every
-upstream file's new content and whether it changes, the diff and the steps; check mode returns it,
+upstream file's new content and whether it changes (a reload before the new color starts), the
+color markers that switch traffic (no reload), the diff and the steps; check mode returns it,
 ``_rollout_apply.apply()`` carries it out.
 """
 
@@ -103,8 +104,14 @@ def listed_services(params):
 
 
 def upstream_paths(services, upstreams_dir):
-    """The upstream files the rollout reads and writes, one per service (with its defaults) behind nginx."""
-    return [upstreams.upstream_path(upstreams_dir, s["upstream"]) for s in services if s["upstream"]]
+    """The files the rollout reads and writes for each service (with its defaults) behind nginx: its
+    upstream file and its color markers."""
+    paths = []
+    for service in services:
+        if service["upstream"]:
+            paths.append(upstreams.upstream_path(upstreams_dir, service["upstream"]))
+            paths += [upstreams.marker_path(upstreams_dir, service["upstream"], c) for c in upstreams.MARKER_ORDER]
+    return paths
 
 
 def nginx_dump_command(test_command):
@@ -114,15 +121,29 @@ def nginx_dump_command(test_command):
     return ["-T" if arg == "-t" else arg for arg in test_command]
 
 
+def _markers(upstreams_dir, name, files):
+    """color -> the content of upstream ``name``'s marker of that color (None: absent)."""
+    return {color: files.get(upstreams.marker_path(upstreams_dir, name, color)) for color in states.COLORS}
+
+
+def _serving_color(service, upstreams_dir, files):
+    """The color nginx sends the service's upstream to, by its markers and the group they select; for a
+    file without markers (a placeholder, or written before markers existed), by the ports of its one
+    group. None when that group holds neither color's ports."""
+    name = service["upstream"]
+    content = files.get(upstreams.upstream_path(upstreams_dir, name))
+    selected = upstreams.selected_color(_markers(upstreams_dir, name, files))
+    group = upstreams.group_name(name, selected) if selected else name
+    ports = upstreams.upstream_ports(upstreams.upstream_blocks(content).get(group))
+    if selected:
+        return selected if ports and ports[0] == service["ports"][selected] else None
+    matching = [color for color in states.COLORS if ports and ports[0] == service["ports"][color]]
+    return matching[0] if matching else None
+
+
 def _live_color_of_upstreams(services, files, upstreams_dir):
-    """The color all upstream files point at (by each service's first port), or None when they do not agree."""
-    colors = set()
-    for service in services:
-        if not service["upstream"]:
-            continue
-        ports = upstreams.upstream_ports(files.get(upstreams.upstream_path(upstreams_dir, service["upstream"])))
-        matching = [color for color in states.COLORS if ports and ports[0] == service["ports"][color]]
-        colors.add(matching[0] if matching else None)
+    """The color all upstreams are sent to, or None when they do not agree."""
+    colors = {_serving_color(service, upstreams_dir, files) for service in services if service["upstream"]}
     return colors.pop() if len(colors) == 1 else None
 
 
@@ -133,8 +154,9 @@ def _previous(params, services, observed, warnings):
     live = _live_color_of_upstreams(services, observed["upstream_files"], params["upstreams_dir"])
     if live and live != states.active_color(state):
         warnings.append(
-            f"the upstream files in {params['upstreams_dir']} point at color {live} but {state_path(params)} names "
-            f"{states.active_color(state)}: {live} is taken as live (an earlier rollout stopped after its switch)"
+            f"the color markers and upstream files in {params['upstreams_dir']} send traffic to color {live} but "
+            f"{state_path(params)} names {states.active_color(state)}: {live} is taken as live (an earlier rollout "
+            "stopped after its switch)"
         )
         return {"color": live, "release": None}
     return {"color": states.active_color(state), "release": states.active_release(state)}
@@ -148,25 +170,59 @@ def _order(services, compose_services, compose_file):
     return listed + [name for name in compose_services if name not in listed]
 
 
+def _upstream_content(params, service, color, before):
+    """The upstream file that lets nginx send ``service``'s upstream to ``color``: the block nginx uses
+    without a marker, kept as it is; ``color``'s group from its ports; the other color's group as it is
+    (it serves that color's running containers, or has been written for them) or from its ports."""
+    name = service["upstream"]
+    blocks = upstreams.upstream_blocks(before)
+    # Without a marker nginx uses the block named like the upstream: kept while there is one.
+    groups = [blocks[name]] if name in blocks else []
+    for each in states.COLORS:
+        group = upstreams.group_name(name, each)
+        if each == color or group not in blocks:
+            keepalive = params["upstream_keepalive"]
+            groups.append(upstreams.render_upstream(group, model.service_ports(service, each), keepalive))
+        else:
+            groups.append(blocks[group])
+    comment = (
+        f"Managed by berth.stack.compose_rollout: app {params['app']}. One group per color; nginx sends {name} to\n"
+        f"{name}__<color> while the marker {name}.<color> exists beside this file (green first), else to {name}."
+    )
+    return upstreams.render_upstream_file(groups, comment)
+
+
 def _upstreams(params, services, color, files):
-    """Every upstream file pointing at ``color``: name, path, ports, content, what it holds now, changed."""
-    comment = f"Managed by berth.stack.compose_rollout: app {params['app']}, color {color}, release {params['release']}"
+    """Per upstream: its file (path, content, what it holds now, changed), and the markers that send it to
+    ``color`` (marker paths -> content now and wanted, None for absent; switch when they differ)."""
     planned = []
     for service in services:
         if not service["upstream"]:
             continue
-        path = upstreams.upstream_path(params["upstreams_dir"], service["upstream"])
-        ports = model.service_ports(service, color)
-        content = upstreams.render_upstream(service["upstream"], ports, params["upstream_keepalive"], comment)
+        name = service["upstream"]
+        path = upstreams.upstream_path(params["upstreams_dir"], name)
         before = files.get(path)
+        content = _upstream_content(params, service, color, before)
+        markers_before = _markers(params["upstreams_dir"], name, files)
+        markers = {
+            upstreams.marker_path(params["upstreams_dir"], name, each): {
+                "before": markers_before[each],
+                "after": upstreams.marker_content(name, each, params["app"]) if each == color else None,
+            }
+            for each in states.COLORS
+        }
         planned.append(
             {
-                "name": service["upstream"],
+                "name": name,
+                "group": upstreams.group_name(name, color),
                 "path": path,
-                "ports": ports,
+                "ports": model.service_ports(service, color),
                 "content": content,
                 "before": before,
                 "changed": before != content,
+                "selected": upstreams.selected_color(markers_before),
+                "markers": markers,
+                "switch": any(marker["before"] != marker["after"] for marker in markers.values()),
             }
         )
     return planned
@@ -174,12 +230,21 @@ def _upstreams(params, services, color, files):
 
 def _steps(params, plan):
     changed = [item["name"] for item in plan["upstreams"] if item["changed"]]
-    checks = "nginx -t, nginx -T, reload" if plan["nginx_dump_command"] else "nginx -t, reload"
-    steps = [f"start and gate {plan['project']}: {', '.join(plan['order'])}"]
+    switched = [item["name"] for item in plan["upstreams"] if item["switch"]]
+    dump = ", nginx -T" if plan["nginx_dump_command"] else ""
+    steps = []
     if not plan["upstreams"]:
         steps.append("no service behind nginx: nginx untouched")
+    elif changed:
+        steps.append(f"write the upstream groups of {', '.join(changed)}, traffic not moved (nginx -t{dump}, reload)")
     else:
-        steps.append(f"switch upstreams to {plan['color']}: {', '.join(changed) or 'files unchanged'} ({checks})")
+        steps.append(f"upstream groups unchanged, no reload (nginx -t{dump})")
+    steps.append(f"start and gate {plan['project']}: {', '.join(plan['order'])}")
+    if plan["upstreams"]:
+        steps.append(
+            f"switch {', '.join(switched) or 'nothing'} to {plan['color']} by the color markers"
+            + (f" ({'nginx -T, ' if dump else ''}rename; no reload)" if switched else ", markers unchanged")
+        )
     if params["nginx_url"] and plan["upstreams"]:
         steps.append(f"probe through nginx at {params['nginx_url']}")
     live = plan["previous"]["color"]
@@ -197,7 +262,8 @@ def _steps(params, plan):
 def plan_rollout(params, observed):
     """The rollout of ``params`` (validated module parameters) given ``observed``:
 
-    ``state`` (state.json as a dict), ``upstream_files`` (path -> content, None for a missing file),
+    ``state`` (state.json as a dict), ``upstream_files`` (path -> content, None for a missing file: every
+    path upstream_paths() names, upstream files and color markers),
     ``release_sha256`` (the release's compose, env and secret files) and ``compose_services`` (compose's order).
     ``serving`` is True when the release already serves by state and files; whether its containers
     still run is for the caller to ask Docker.
@@ -254,19 +320,30 @@ def plan_rollout(params, observed):
             )
         },
     }
-    plan["serving"] = same_release and not any(item["changed"] for item in plan["upstreams"])
+    plan["serving"] = same_release and not any(item["changed"] or item["switch"] for item in plan["upstreams"])
     plan["steps"] = _steps(params, plan)
-    plan["diff"] = [
+    plan["diff"] = _diff(plan["upstreams"])
+    return plan
+
+
+def _diff(planned):
+    """Diff mode's entries: each changed upstream file, then each marker put in place or removed."""
+    diff = [
         {
             "before_header": item["path"],
             "after_header": item["path"],
             "before": item["before"] or "",
             "after": item["content"],
         }
-        for item in plan["upstreams"]
+        for item in planned
         if item["changed"]
     ]
-    return plan
+    return diff + [
+        {"before_header": path, "after_header": path, "before": marker["before"] or "", "after": marker["after"] or ""}
+        for item in planned
+        for path, marker in item["markers"].items()
+        if marker["before"] != marker["after"]
+    ]
 
 
 def unchanged_reason(params, observed):
@@ -290,7 +367,10 @@ def unchanged_reason(params, observed):
     planned = _upstreams(params, observed["services"], color, observed["upstream_files"])
     changed = [item["name"] for item in planned if item["changed"]]
     if changed:
-        return f"the upstream files of {', '.join(changed)} do not point at color {color} of release {release}"
+        return f"the upstream files of {', '.join(changed)} do not hold the groups of release {release}"
+    switched = [item["name"] for item in planned if item["switch"]]
+    if switched:
+        return f"the color markers of {', '.join(switched)} do not select color {color} of release {release}"
     return None
 
 
@@ -300,6 +380,9 @@ def public_plan(plan):
         "color": plan["color"],
         "project": plan["project"],
         "order": plan["order"],
-        "upstreams": [{key: item[key] for key in ("name", "path", "ports", "changed")} for item in plan["upstreams"]],
+        "upstreams": [
+            {key: item[key] for key in ("name", "group", "path", "ports", "changed", "switch")}
+            for item in plan["upstreams"]
+        ],
         "steps": plan["steps"],
     }

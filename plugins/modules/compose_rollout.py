@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: compose_rollout
-short_description: Health-gated blue/green rollout of a Compose release behind nginx upstream files
+short_description: Health-gated blue/green rollout of a Compose release behind nginx, switched without a reload
 version_added: 0.1.0
 description:
   - Rolls one release of an app out on one host, as steps 5 to 9 of a berth.stack deploy.
@@ -18,13 +18,24 @@ description:
     JSON body true, a number of times in a row within a timeout."
   - When a gate fails the new color is stopped, traffic is untouched, and the module fails naming the gate,
     the service, the last probe result, the container's health log and its last log lines.
-  - When every gate passes, the app's nginx upstream files are switched to the new color (atomic rename,
-    C(nginx -t), a check with C(nginx -T) that nginx reads the written files, graceful reload; the previous
-    files are restored when nginx refuses them or does not read them), the probes run again through nginx,
-    and a failure there switches traffic back and fails. When the reload that switches back fails, the new
-    color keeps running and is recorded, because nginx still routes to it. An app with no service behind
-    nginx (no O(services[].upstream), workers only) leaves nginx untouched, with no test, no reload and no
-    probes through nginx.
+  - "Each upstream's file (C(<upstreams_dir>/<upstream>.conf)) holds one group per color,
+    C(<upstream>__blue) and C(<upstream>__green), each with that color's fixed ports, beside the
+    C(<upstream>) group the nginx role's placeholder (or an older rollout) wrote. The nginx role's sites choose
+    the group at every request from the color markers beside the file, C(<upstream>.blue) and
+    C(<upstream>.green) (green wins when both exist; with neither, C(<upstream>) serves)."
+  - Before the new color starts, the upstream files whose groups change (a first deploy, a change of ports or
+    replicas) are written (atomic rename), checked with C(nginx -t) and C(nginx -T) (nginx reads them, defines
+    the groups and tests the markers) and nginx is reloaded gracefully; the previous files come back when
+    nginx refuses them. No marker moves then, so traffic does not. Otherwise nginx is tested, not reloaded.
+  - Once the services pass their gates, C(nginx -T) checks once more that nginx defines the new color's groups
+    and tests its markers, and each service is checked once more; then the switch moves the markers (written
+    aside, renamed into place, the other color's removed), with no reload, so keep-alive connections stay
+    open and every new request goes to the new color. Its duration is C(switch) in RV(timings), the check's
+    C(switch_check). The probes then run again
+    through nginx, and a failure there moves the markers back (no reload either). When the markers cannot be
+    moved back, the new color keeps running and is recorded, because nginx still routes to it. An app with no
+    service behind nginx (no O(services[].upstream), workers only) leaves nginx untouched, with no test, no
+    reload and no probes through nginx.
   - A probe fails fast, after O(services[].probes[].failures) failures in a row (failures inside the service's
     O(services[].boot_grace) do not count), or at once when a container of the service stopped. Right before the
     switch every service is checked once more (running, healthy, one answer to each probe on its own ports).
@@ -43,9 +54,10 @@ description:
   - A release recorded in C(state.json) is immutable. When its compose file or env files no longer match the
     recorded C(release_sha256), the module refuses before anything runs; this is also what protects a rollback
     from a tampered release directory. Deploy a change under a new release id.
-  - The live color is the one the upstream files point at when they all point at one color; C(state.json)
-    decides only when they do not (first deploy, placeholder). So a rollout interrupted after its switch
-    never makes the next one start in the live color.
+  - The live color is the one the color markers (or, on a host deployed before they existed, the upstream
+    files' ports) send every upstream to; C(state.json) decides only when they do not agree (first deploy,
+    placeholder). So a rollout interrupted after its switch never makes the next one start in the live color.
+    The markers are files, so the live color survives an nginx restart and a reboot.
   - "The compose file receives each service's host port(s) for the color being started in the environment
     variable C(BERTH_PORT_<SERVICE>) (service name upper-cased, other characters as C(_)), for example
     C(ports: [\"127.0.0.1:${BERTH_PORT_BACKEND}:8000\"]), and the color in C(BERTH_COLOR)."
@@ -57,7 +69,8 @@ author:
   - berth.stack maintainers (@berth-stack)
 requirements:
   - docker CLI with the Compose v2 plugin on the target
-  - nginx on the target, including the upstream files from O(upstreams_dir)
+  - nginx on the target, including the upstream files from O(upstreams_dir), with sites that choose each
+    upstream's group from its color markers (the P(berth.stack.nginx#role) role's sites do)
   - jmespath on the target (Debian package C(python3-jmespath)) when a probe has O(services[].probes[].expect)
 extends_documentation_fragment:
   - berth.stack.services
@@ -65,16 +78,16 @@ attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: Returns the plan (colors, upstream changes) and changes nothing.
+    details: Returns the plan (colors, upstream file changes, marker switches) and changes nothing.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
-    details: Shows the upstream files before and after the switch.
+    details: Shows the upstream files that change and the color markers put in place or removed.
   idempotent:
     description:
       - When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: full
-    details: The release that already serves, healthy, with upstream files pointing at it, is C(changed=false).
+    details: The release that serves, healthy, with its upstream groups and markers in place, is C(changed=false).
 options:
   app:
     description:
@@ -98,7 +111,9 @@ options:
     description: Directory of the app's C(state.json). Defaults to C(/srv/berth/<app>).
     type: path
   upstreams_dir:
-    description: Directory of the upstream files, owned by the nginx role and included by nginx.
+    description:
+      - Directory of the upstream files, owned by the nginx role and included by nginx, and of the color
+        markers the sites test.
     type: path
     default: /etc/nginx/berth/upstreams
   upstream_keepalive:
@@ -131,13 +146,14 @@ options:
     description:
       - Command that checks the complete nginx configuration.
       - When it contains C(-t), the module also runs it with C(-T) in its place and fails unless nginx
-        reads every written upstream file (an O(upstreams_dir) nginx does not include is caught before
-        the reload).
+        reads every upstream file, defines the new color's groups and tests every color marker (an
+        O(upstreams_dir) nginx does not include, or a site that does not choose by the markers, is caught
+        before the reload and again right before the switch).
     type: list
     elements: str
     default: [nginx, -t, -q]
   nginx_reload_command:
-    description: Command that reloads nginx gracefully.
+    description: Command that reloads nginx gracefully, only when an upstream file changed.
     type: list
     elements: str
     default: [systemctl, reload, nginx]
@@ -191,7 +207,8 @@ options:
       - Only tell whether a deploy of O(release) with this O(fingerprint) has nothing to do, in RV(unchanged), and
         change nothing, in check mode or not.
       - "Nothing to do: O(release) is active in C(state.json), C(fingerprint.json) records O(release) with
-        O(fingerprint), no O(lock_dir) exists, every upstream file points at the active color, and every container
+        O(fingerprint), no O(lock_dir) exists, every upstream file holds its groups and the markers select the
+        active color, and every container
         of the active color and of C(<app>-data) runs (healthy where it has a HEALTHCHECK), one at least per listed
         service and per O(data_services)."
       - It reads files and asks Docker once per project, with no C(docker compose), jmespath or probe.
@@ -258,7 +275,7 @@ previous:
   type: dict
   sample: {"color": "blue", "release": "2025-01-14.3"}
 plan:
-  description: What the rollout does (or did), step by step, including every upstream file change.
+  description: What the rollout does (or did), step by step, including every upstream file change and marker switch.
   returned: unless O(check_unchanged)
   type: dict
   sample:
@@ -266,15 +283,24 @@ plan:
     project: demo-green
     order: [backend, worker, frontend]
     upstreams:
-      - {name: demo_backend, path: /etc/nginx/berth/upstreams/demo_backend.conf, ports: [18220], changed: true}
+      - {name: demo_backend, group: demo_backend__green, path: /etc/nginx/berth/upstreams/demo_backend.conf,
+         ports: [18220], changed: false, switch: true}
     steps:
+      - "upstream groups unchanged, no reload (nginx -t, nginx -T)"
       - "start and gate demo-green: backend, worker, frontend"
-      - "switch upstreams to green: demo_backend, demo_frontend (nginx -t, nginx -T, reload)"
+      - "switch demo_backend, demo_frontend to green by the color markers (nginx -T, rename; no reload)"
       - "probe through nginx at http://127.0.0.1"
       - "watch demo-green for 30 s, demo-blue kept running; switch back at a failure"
       - "record 2025-01-15.1 as active in /srv/berth/demo/state.json"
       - "drain (at least 5 s after the switch), then stop demo-blue"
   contains:
+    upstreams:
+      description:
+        - Per upstream, its group for the new color (C(group)), its file (C(path)) and whether that file changes
+          (C(changed), which makes the rollout reload nginx before the new color starts), and whether its color
+          markers move (C(switch)).
+      type: list
+      elements: dict
     steps:
       description: The steps the rollout takes, in order; empty when the release already serves.
       type: list
@@ -344,11 +370,18 @@ unchanged_reason:
   type: str
   sample: "the inputs of this deploy differ from those of the last complete deploy of release v1"
 timings:
-  description: Seconds per step (start_and_gate, switch, nginx_probe, watch, record, drain, stop_old, total).
+  description:
+    - Seconds per step (nginx_prepare, start_and_gate, switch_check, switch, nginx_probe, watch, switch_back,
+      record, drain, stop_old, keep_images, total).
+    - C(switch) runs from the end of the last gate (the recheck) to every marker in place (written aside,
+      renamed, the old ones removed, the directory synced); before it nginx sends every new request to the old
+      color, after it to the new one. C(switch_check) is the C(nginx -T) check right before the recheck (part of
+      C(start_and_gate)), C(nginx_prepare) the test before the new color starts and, when an upstream file
+      changed, the reload.
   returned: unless O(check_unchanged)
   type: dict
-  sample: {"start_and_gate": 6.2, "switch": 0.1, "nginx_probe": 2.0, "watch": 30.0, "record": 0.01, "drain": 0.0,
-           "stop_old": 0.6, "total": 39.0}
+  sample: {"nginx_prepare": 0.02, "start_and_gate": 6.2, "switch_check": 0.01, "switch": 0.004, "nginx_probe": 2.0,
+           "watch": 30.0, "record": 0.01, "drain": 0.0, "stop_old": 0.6, "total": 39.0}
 """
 
 import os

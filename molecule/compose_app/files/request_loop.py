@@ -1,7 +1,8 @@
-"""A bounded request loop through nginx during a rollout: at most --max-requests requests and
---max-seconds seconds, or until --stop-file appears. Prints a JSON summary: how many requests
-failed (non-200 or no answer), how many were retried on a new connection, and the versions served,
-in order."""
+"""A bounded request loop through nginx during a rollout, on one keep-alive connection: at most
+--max-requests requests and --max-seconds seconds, or until --stop-file appears. With --post-path,
+every other request is a POST there (a JSON note, answered 201). Prints a JSON summary: how many
+requests failed (another status or no answer), how many were retried on a new connection, how many
+were POSTs, and the versions served, in order."""
 
 import argparse
 import http.client
@@ -13,6 +14,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=80)
 parser.add_argument("--path", default="/api/health")
+parser.add_argument("--post-path", default="")
 parser.add_argument("--host-header", default="demo.localhost")
 parser.add_argument("--max-requests", type=int, default=20000)
 parser.add_argument("--max-seconds", type=float, default=180)
@@ -21,7 +23,7 @@ parser.add_argument("--out", default="/run/berth-request-loop.json")
 args = parser.parse_args()
 
 
-def get(connection):
+def send(connection, method="GET", path=None):
     """(status, body, connection, retried). A reused keep-alive connection that nginx closed before
     answering (it closes idle ones on reload) is retried once on a new connection, as HTTP clients do;
     ``retried`` says so, because a retry is a request that did not get through the first time."""
@@ -30,7 +32,12 @@ def get(connection):
         if connection is None:
             connection = http.client.HTTPConnection(args.host, args.port, timeout=5)
         try:
-            connection.request("GET", args.path, headers={"Host": args.host_header})
+            headers = {"Host": args.host_header}
+            body = None
+            if method == "POST":
+                headers["Content-Type"] = "application/json"
+                body = json.dumps({"body": "request loop"})
+            connection.request(method, path or args.path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, response.read(), connection, retried
         except (OSError, http.client.HTTPException) as exc:
@@ -46,15 +53,18 @@ started = time.monotonic()
 total = 0
 failures = []
 retried = 0
+posts = 0
 versions = []
 connection = None
 while (
     total < args.max_requests and time.monotonic() - started < args.max_seconds and not os.path.exists(args.stop_file)
 ):
     total += 1
-    status, body, connection, was_retried = get(connection)
+    post = bool(args.post_path) and total % 2 == 0
+    posts += post
+    status, body, connection, was_retried = send(connection, "POST", args.post_path) if post else send(connection)
     retried += was_retried
-    if status != 200:
+    if status != (201 if post else 200):
         failures.append(f"{status} {body[:120]!r}")
         continue
     version = json.loads(body).get("version")
@@ -67,6 +77,7 @@ summary = {
     "failed": len(failures),
     "failures": failures[:20],
     "retried": retried,
+    "posts": posts,
     "versions": versions,
     "seconds": round(time.monotonic() - started, 1),
 }

@@ -72,11 +72,21 @@ def test_blue_serves_v1_and_green_is_kept_stopped(host):
     assert {key: active[key] for key in ("color", "release")} == {"color": "blue", "release": "v1"}
     assert containers(host, "demo-blue") == {"backend": "running", "worker": "running", "frontend": "running"}
     assert containers(host, "demo-green") == {"backend": "exited", "worker": "exited", "frontend": "exited"}
-    for name, port in (("demo_backend", 18010), ("demo_frontend", 18011)):
+    for name, blue, green in (("demo_backend", 18010, 18020), ("demo_frontend", 18011, 18021)):
         upstream = host.file(f"/etc/nginx/berth/upstreams/{name}.conf").content_string
-        assert [line.strip() for line in upstream.splitlines() if line.strip().startswith("server ")] == [
-            f"server 127.0.0.1:{port} max_fails=0;"
+        # The placeholder group the nginx role wrote, then one group per color with that color's port.
+        lines = [line.strip() for line in upstream.splitlines()]
+        assert [line for line in lines if line.startswith(("upstream ", "server "))] == [
+            f"upstream {name} {{",
+            "server 127.0.0.1:8503 max_fails=0;",
+            f"upstream {name}__blue {{",
+            f"server 127.0.0.1:{blue} max_fails=0;",
+            f"upstream {name}__green {{",
+            f"server 127.0.0.1:{green} max_fails=0;",
         ]
+        # The blue marker sends the upstream to its blue group; no green one overrides it.
+        assert host.file(f"/etc/nginx/berth/upstreams/{name}.blue").is_file
+        assert not host.file(f"/etc/nginx/berth/upstreams/{name}.green").exists
 
 
 def addresses(host, container, name):

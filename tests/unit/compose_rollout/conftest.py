@@ -8,9 +8,9 @@ import copy
 import http.client
 import json
 import os
-import re
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
 from ansible_collections.berth.stack.plugins.module_utils._rollout_apply import release_sha256
 
 REPO = Path(__file__).resolve().parents[3]
@@ -33,6 +34,7 @@ NGINX_TLS_PORT = 18252
 DATABASE_PORT = 18260
 PORTS = {"backend": {"blue": 18210, "green": 18220}, "frontend": {"blue": 18211, "green": 18221}}
 API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
+UPSTREAMS = ("crtest_backend", "crtest_frontend")
 # Known states a test can ask for: the releases rolled out in this order, the last one serving.
 BASELINES = {
     "r1": [("r1", "v1", "blue")],
@@ -141,6 +143,20 @@ class Nginx:
         self.conf = prefix / "nginx.conf"
         self.base = ["nginx", "-p", str(prefix), "-c", str(self.conf), "-e", str(prefix / "error.log")]
 
+    def reload(self):
+        """Reload, and wait until the old worker has exited: until then it may still take a new connection
+        and answer it from the previous configuration."""
+        master = (self.prefix / "nginx.pid").read_text().strip()
+        sh(*self.reload_command)
+        assert wait_for(lambda: len(sh("pgrep", "-P", master, check=False).stdout.split()) == 1, timeout=30)
+
+    def restart(self):
+        """Stop nginx (fast shutdown: every connection closed), wait until it is gone, start it again."""
+        pid = int((self.prefix / "nginx.pid").read_text())
+        sh(*self.base, "-s", "stop")
+        assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
+        sh(*self.base)
+
     @property
     def test_command(self):
         return [*self.base, "-t", "-q"]
@@ -150,11 +166,45 @@ class Nginx:
         return [*self.base, "-s", "reload"]
 
     def write_placeholders(self):
-        """The upstream files before any release: every upstream points at the 503 placeholder server."""
-        for name in ("crtest_backend", "crtest_frontend"):
+        """The upstream files before any release, as the nginx role writes them: every upstream points at
+        the 503 placeholder server, and no color marker exists."""
+        for name in UPSTREAMS:
             (self.upstreams / f"{name}.conf").write_text(
                 f"upstream {name} {{\n    server 127.0.0.1:{PLACEHOLDER_PORT} max_fails=0;\n    keepalive 16;\n}}\n"
             )
+            for color in upstreams.MARKER_ORDER:
+                (self.upstreams / f"{name}.{color}").unlink(missing_ok=True)
+
+    def selected(self, name):
+        """The color whose marker sends upstream ``name`` to its group, as nginx decides (None: no marker)."""
+        paths = {color: self.upstreams / f"{name}.{color}" for color in upstreams.MARKER_ORDER}
+        return upstreams.selected_color(
+            {color: path.read_text() if path.exists() else None for color, path in paths.items()}
+        )
+
+    def serving_ports(self, name):
+        """The ports nginx sends upstream ``name`` to: those of the group its markers select."""
+        selected = self.selected(name)
+        group = upstreams.group_name(name, selected) if selected else name
+        blocks = upstreams.upstream_blocks((self.upstreams / f"{name}.conf").read_text())
+        return upstreams.upstream_ports(blocks.get(group))
+
+    def standard_groups(self):
+        """Whether each upstream file holds both colors' groups with the fixture's ports, one replica each:
+        a rollout of the fixture's services then changes no file, so it switches with no reload."""
+        for name, service in (("crtest_backend", "backend"), ("crtest_frontend", "frontend")):
+            path = self.upstreams / f"{name}.conf"
+            blocks = upstreams.upstream_blocks(path.read_text() if path.exists() else "")
+            for color in upstreams.MARKER_ORDER:
+                if upstreams.upstream_ports(blocks.get(upstreams.group_name(name, color))) != [PORTS[service][color]]:
+                    return False
+        return True
+
+    def selectors(self):
+        """The server-context lines of a site that proxies to the test app (as the nginx role's site template)."""
+        return "\n        ".join(
+            line for name in UPSTREAMS for line in upstreams.selector_directives(name, str(self.upstreams))
+        )
 
     def make_certificate(self, stem, name):
         """A self-signed certificate for ``name`` (key and certificate files in the prefix); its path."""
@@ -185,24 +235,134 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{NGINX_PORT};
+        open_file_cache off;
+        {self.selectors()}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        location /api/ {{ proxy_pass http://crtest_backend; }}
+        location /api/ {{ proxy_pass http://$berth_upstream_crtest_backend; }}
         location /missing/ {{ return 404; }}
-        location / {{ proxy_pass http://crtest_frontend; }}
+        location / {{ proxy_pass http://$berth_upstream_crtest_frontend; }}
     }}
     server {{
         listen 127.0.0.1:{NGINX_TLS_PORT} ssl;
         server_name {TLS_NAME};
         ssl_certificate tls.crt;
         ssl_certificate_key tls.key;
+        open_file_cache off;
+        {self.selectors()}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        location /api/ {{ proxy_pass http://crtest_backend; }}
-        location / {{ proxy_pass http://crtest_frontend; }}
+        location /api/ {{ proxy_pass http://$berth_upstream_crtest_backend; }}
+        location / {{ proxy_pass http://$berth_upstream_crtest_frontend; }}
     }}
 }}
 """
+        )
+
+
+class KeepAliveLoop:
+    """Bounded client loops through nginx (at most ``max_requests`` in all or ``max_seconds``), each thread
+    on its own keep-alive connection, alternating GET /api/health and POST /api/notes (a write, answered
+    201). Each answer is recorded with when it came, its status, the version and whether it was retried:
+    a reused connection that nginx closed before answering (as a reload does to idle ones) is sent again
+    once on a new connection, as HTTP clients do, and counted, never hidden."""
+
+    def __init__(self, port=NGINX_PORT, max_requests=20000, max_seconds=90.0, connections=2, post=True):
+        self.port, self.max_requests, self.max_seconds, self.post = port, max_requests, max_seconds, post
+        self.answers = []  # (monotonic time, status, version, retried, method, ok, connection number)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(number,), daemon=True) for number in range(connections)
+        ]
+
+    def _send(self, connection, method):
+        """(status, body, connection, retried) of one request; status None when it got no answer."""
+        retried = False
+        path, body = (
+            ("/api/notes", json.dumps({"body": "keep-alive loop"})) if method == "POST" else ("/api/health", None)
+        )
+        for reused in (connection is not None, False):
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                return response.status, response.read(), connection, retried
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                connection = None
+                if not reused:
+                    return None, str(exc).encode(), None, retried
+                retried = True
+        return None, b"unreachable", None, retried
+
+    def _loop(self, thread):
+        deadline = time.monotonic() + self.max_seconds
+        connection, number = None, 0
+        while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < deadline:
+            number += 1
+            method = "POST" if self.post and number % 2 == 0 else "GET"
+            status, body, connection, retried = self._send(connection, method)
+            ok = status == (201 if method == "POST" else 200)
+            version = json.loads(body).get("version") if ok else None
+            with self._lock:
+                self.answers.append((time.monotonic(), status, version, retried, method, ok, thread))
+            time.sleep(0.005)
+        if connection is not None:
+            connection.close()
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    @property
+    def failed(self):
+        return [answer for answer in self.answers if not answer[5]]
+
+    @property
+    def retried(self):
+        return [answer for answer in self.answers if answer[3]]
+
+    @property
+    def posts(self):
+        return [answer for answer in self.answers if answer[4] == "POST"]
+
+    @property
+    def failed_seconds(self):
+        """From the first failed answer to the first good one after the last failure: the outage users saw."""
+        failed = self.failed
+        if not failed:
+            return 0.0
+        after = [answer[0] for answer in self.answers if answer[5] and answer[0] > failed[-1][0]]
+        return (after[0] if after else failed[-1][0]) - failed[0][0]
+
+    @property
+    def versions(self):
+        """Versions in the order each connection was served them, consecutive duplicates collapsed: the one
+        order every connection saw, or, when they differ, the list of each connection's (a comparison with
+        one order then fails, showing them). Only a connection's own order is exact: requests on different
+        connections overlap, and one that started before the switch may end after another's new answer."""
+        orders = []
+        for thread in range(len(self._threads)):
+            order = []
+            for answer in self.answers:
+                if answer[6] == thread and answer[2] and (not order or order[-1] != answer[2]):
+                    order.append(answer[2])
+            orders.append(tuple(order))
+        distinct = list(dict.fromkeys(orders))
+        return list(distinct[0]) if len(distinct) == 1 else [list(order) for order in distinct]
+
+    def summary(self):
+        return (
+            f"{len(self.answers)} requests ({len(self.posts)} POST), {len(self.failed)} failed over "
+            f"{self.failed_seconds:.2f} s, {len(self.retried)} retried, versions {self.versions}"
         )
 
 
@@ -423,11 +583,11 @@ def baseline(rollout, release, nginx, state_file, reset_app):
         ]:
             return False
         running = container_states(f"{APP}-{color}")
-        backend = (nginx.upstreams / "crtest_backend.conf").read_text()
-        ports = [int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", backend)]
+        ports = nginx.serving_ports("crtest_backend")
         served = http_get(API)
         return (
-            bool(running)
+            nginx.standard_groups()
+            and bool(running)
             and set(running.values()) == {"running"}
             and ports == [PORTS["backend"][color]]
             and served[0] == 200
@@ -450,7 +610,7 @@ def baseline(rollout, release, nginx, state_file, reset_app):
 
 
 @pytest.fixture(scope="session")
-def serving(baseline, state_file):
+def serving(baseline, state_file, nginx):
     """Some release serves (``version`` when given, none of ``avoid``); r1, or r2 for v2, is rolled out
     when none does."""
 
@@ -460,6 +620,7 @@ def serving(baseline, state_file):
         running = container_states(f"{APP}-{active['color']}") if active else {}
         status, body = http_get(API)
         fits = running and set(running.values()) == {"running"} and status == 200 and active["release"] not in avoid
+        fits = fits and nginx.standard_groups()
         if fits and (version is None or json.loads(body)["version"] == version):
             return
         baseline("r2" if version == "v2" else "r1")

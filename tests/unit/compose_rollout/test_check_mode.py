@@ -5,10 +5,13 @@ on the bytes of state.json and the upstream files, and on the containers themsel
 import pytest
 from conftest import APP, PORTS, container_snapshot
 
+COLORS = ("blue", "green")
+
 
 @pytest.fixture
 def host(nginx, workdir):
-    """What a rollout may change: state.json, every upstream file (bytes) and both colors' containers."""
+    """What a rollout may change: state.json, every upstream file and color marker (bytes) and both colors'
+    containers."""
 
     def snapshot():
         state = workdir / "state" / "state.json"
@@ -28,7 +31,7 @@ def test_check_mode_of_the_serving_release_plans_nothing_and_changes_nothing(rol
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is False
     assert result["plan"]["steps"] == []
-    assert [item["changed"] for item in result["plan"]["upstreams"]] == [False, False]
+    assert [(item["changed"], item["switch"]) for item in result["plan"]["upstreams"]] == [(False, False)] * 2
     assert result["diff"] == []
     assert result["color"] == "blue"
     assert host() == before
@@ -49,12 +52,27 @@ def test_check_mode_of_a_new_release_returns_the_plan_and_changes_nothing(
         "project": f"{APP}-green",
         "order": ["backend", "worker", "frontend"],
         "upstreams": [
-            {"name": "crtest_backend", "path": backend, "ports": [PORTS["backend"]["green"]], "changed": True},
-            {"name": "crtest_frontend", "path": frontend, "ports": [PORTS["frontend"]["green"]], "changed": True},
+            {
+                "name": "crtest_backend",
+                "group": "crtest_backend__green",
+                "path": backend,
+                "ports": [PORTS["backend"]["green"]],
+                "changed": False,
+                "switch": True,
+            },
+            {
+                "name": "crtest_frontend",
+                "group": "crtest_frontend__green",
+                "path": frontend,
+                "ports": [PORTS["frontend"]["green"]],
+                "changed": False,
+                "switch": True,
+            },
         ],
         "steps": [
+            "upstream groups unchanged, no reload (nginx -t, nginx -T)",
             f"start and gate {APP}-green: backend, worker, frontend",
-            "switch upstreams to green: crtest_backend, crtest_frontend (nginx -t, nginx -T, reload)",
+            "switch crtest_backend, crtest_frontend to green by the color markers (nginx -T, rename; no reload)",
             "probe through nginx at http://127.0.0.1:18250",
             f"watch {APP}-green for 2 s, {APP}-blue kept running; switch back at a failure",
             f"record r30 as active in {workdir / 'state' / 'state.json'}",
@@ -65,18 +83,30 @@ def test_check_mode_of_a_new_release_returns_the_plan_and_changes_nothing(
     assert "start_and_gate" not in result["timings"]
     # Only reading commands ran: compose config, and no up, stop or nginx command.
     assert all(" config " in command for command in result["commands"]), result["commands"]
+    # The diff shows the markers that move: the blue ones go, green ones appear.
     diff = {item["before_header"]: item for item in result["diff"]}
-    assert diff[backend]["before"] == before["upstreams"]["crtest_backend.conf"].decode()
-    assert "server 127.0.0.1:18220 max_fails=0;" in diff[backend]["after"]
-    assert "release r30" in diff[backend]["after"]
+    assert sorted(diff) == sorted(
+        str(nginx.upstreams / f"crtest_{name}.{color}")
+        for name in ("backend", "frontend")
+        for color in ("blue", "green")
+    )
+    blue = diff[str(nginx.upstreams / "crtest_backend.blue")]
+    assert (blue["before"], blue["after"]) == (before["upstreams"]["crtest_backend.blue"].decode(), "")
+    green = diff[str(nginx.upstreams / "crtest_backend.green")]
+    assert green["before"] == "" and "crtest_backend__green" in green["after"]
     assert host() == before
 
 
-def test_diff_mode_shows_the_upstream_change_and_history_beyond_keep_releases_is_pruned(
+def test_diff_mode_shows_the_marker_switch_and_history_beyond_keep_releases_is_pruned(
     rollout, release, baseline, nginx, state_file
 ):
     baseline("r2", exact=True)
-    files = {name: (nginx.upstreams / f"{name}.conf").read_text() for name in ("crtest_backend", "crtest_frontend")}
+    markers = [
+        nginx.upstreams / f"{name}.{color}"
+        for name in ("crtest_backend", "crtest_frontend")
+        for color in ("blue", "green")
+    ]
+    files = {path: path.read_text() if path.exists() else "" for path in markers}
     result = rollout(release("r31", "v1"), "r31", diff=True, keep_releases=2)
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True
@@ -84,7 +114,7 @@ def test_diff_mode_shows_the_upstream_change_and_history_beyond_keep_releases_is
     assert result["pruned_releases"][0]["color"] == "blue"
     assert [item["release"] for item in result["history"]] == ["r31", "r2"]
     assert [item["release"] for item in state_file()["releases"]] == ["r31", "r2"]
+    # The diff is what happened to the markers: each one that moved, before and after.
     assert {item["before_header"]: (item["before"], item["after"]) for item in result["diff"]} == {
-        str(nginx.upstreams / f"{name}.conf"): (files[name], (nginx.upstreams / f"{name}.conf").read_text())
-        for name in files
+        str(path): (files[path], path.read_text() if path.exists() else "") for path in markers
     }

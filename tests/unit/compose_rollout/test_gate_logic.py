@@ -213,6 +213,58 @@ def test_upstream_file_follows_the_contract(tmp_path):
     assert not (tmp_path / "demo_backend.conf").exists()
 
 
+def test_an_upstream_file_with_color_groups_reads_back_block_by_block():
+    groups = [
+        upstreams.render_upstream(f"demo_backend__{color}", [port]) for color, port in (("blue", 1), ("green", 2))
+    ]
+    placeholder = "upstream demo_backend {\n    server 127.0.0.1:8503 max_fails=0;\n    keepalive 16;\n}"
+    content = upstreams.render_upstream_file([placeholder, *groups], "first line\nsecond line")
+    assert content.startswith("# first line\n# second line\nupstream demo_backend {\n")
+    blocks = upstreams.upstream_blocks(content)
+    assert list(blocks) == ["demo_backend", "demo_backend__blue", "demo_backend__green"]
+    assert blocks["demo_backend"] == placeholder
+    assert [upstreams.upstream_ports(blocks[name]) for name in blocks] == [[8503], [1], [2]]
+    # Read back and written again, a file does not change: a rollout that changes no port writes nothing.
+    assert upstreams.render_upstream_file(list(blocks.values()), "first line\nsecond line") == content
+
+
+@pytest.mark.parametrize(
+    ("markers", "selected"),
+    [({}, None), ({"blue": ""}, "blue"), ({"green": "x"}, "green"), ({"blue": "", "green": ""}, "green")],
+)
+def test_green_wins_when_both_markers_exist_as_in_the_site_template(markers, selected):
+    assert upstreams.selected_color(markers) == selected
+
+
+def test_the_selector_tests_each_marker_and_the_dump_check_finds_them_but_not_in_comments():
+    lines = upstreams.selector_directives("demo_backend", "/etc/nginx/up")
+    assert lines == [
+        "set $berth_upstream_demo_backend demo_backend;",
+        "if (-f /etc/nginx/up/demo_backend.blue) { set $berth_upstream_demo_backend demo_backend__blue; }",
+        "if (-f /etc/nginx/up/demo_backend.green) { set $berth_upstream_demo_backend demo_backend__green; }",
+    ]
+    dump = "# configuration file /etc/nginx/nginx.conf:\nserver {\n    " + "\n    ".join(lines) + "\n}\n"
+    assert upstreams.dump_tests_marker(dump, "/etc/nginx/up/demo_backend.green")
+    assert not upstreams.dump_tests_marker(dump, "/etc/nginx/up/demo_frontend.green")
+    assert not upstreams.dump_tests_marker("# if (-f /x/a.blue) { }\n", "/x/a.blue")
+    assert upstreams.dumped_upstreams("upstream a__blue {\n}\n  upstream b {\n}\n") == {"a__blue", "b"}
+
+
+def test_markers_move_by_rename_and_removal_and_leave_no_temporary_file(tmp_path):
+    blue, green = tmp_path / "demo_backend.blue", tmp_path / "demo_backend.green"
+    blue.write_text("blue\n")
+    upstreams.set_markers({str(green): "green\n", str(blue): None})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo_backend.green"]
+    assert green.read_text() == "green\n"
+    assert oct(green.stat().st_mode & 0o777) == "0o644"
+    # A marker that cannot be put in place (a directory holds its name) fails, leaving no temporary file.
+    blue.mkdir()
+    (blue / "keep").write_text("")
+    with pytest.raises(OSError):
+        upstreams.set_markers({str(blue): "blue\n", str(green): None})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo_backend.blue", "demo_backend.green"]
+
+
 @pytest.fixture
 def tls_server(tmp_path):
     """A real HTTPS server on 127.0.0.1 with a self-signed certificate for site.example.test, recording the

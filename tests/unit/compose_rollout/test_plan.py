@@ -24,8 +24,13 @@ def params(**changes):
     return outcome.validated_parameters
 
 
-def upstream_file(name, ports, comment):
-    return upstreams.render_upstream(name, ports, 16, comment)
+def marker(name, color):
+    return f"{UPSTREAMS}/{name}.{color}"
+
+
+def legacy_file(name, ports):
+    """An upstream file as rollouts wrote it before the color markers: one group, the live color's ports."""
+    return upstreams.render_upstream(name, ports, 16, "Managed by berth.stack.compose_rollout: release r1")
 
 
 def state(color, release, sha="digest-1", history=None):
@@ -42,14 +47,26 @@ def observed(state_=None, files=None, sha="digest-1", compose=("backend", "worke
     }
 
 
-def serving_files(color, release="r2"):
-    """The upstream files as the rollout of ``release`` to ``color`` wrote them."""
-    ports = {"blue": ([18210], [18211, 18212]), "green": ([18220], [18221, 18222])}[color]
-    comment = f"Managed by berth.stack.compose_rollout: app demo, color {color}, release {release}"
-    return {
-        BACKEND_CONF: upstream_file("demo_backend", ports[0], comment),
-        FRONTEND_CONF: upstream_file("demo_frontend", ports[1], comment),
-    }
+def placeholders():
+    """The upstream files as the nginx role writes them before any deploy, with no marker."""
+    return {BACKEND_CONF: PLACEHOLDER, FRONTEND_CONF: PLACEHOLDER.replace("demo_backend", "demo_frontend")}
+
+
+def written(plan, files=None):
+    """The files as apply() leaves them once the plan's switch is done: upstream files and markers."""
+    files = dict(files or {})
+    for item in plan["upstreams"]:
+        files[item["path"]] = item["content"]
+        files.update({path: change["after"] for path, change in item["markers"].items()})
+    return files
+
+
+def serving_files(color):
+    """The files after a first deploy to blue, then (for green) a rollout to green."""
+    files = written(planning.plan_rollout(params(release="r0"), observed(files=placeholders())))
+    if color == "green":
+        files = written(planning.plan_rollout(params(release="r1"), observed(state("blue", "r0"), files)), files)
+    return files
 
 
 def test_first_deploy_plans_blue_with_every_upstream_and_the_listed_order_first():
@@ -58,12 +75,27 @@ def test_first_deploy_plans_blue_with_every_upstream_and_the_listed_order_first(
     assert (public["color"], public["project"]) == ("blue", "demo-blue")
     assert public["order"] == ["backend", "worker", "frontend", "cache"]
     assert public["upstreams"] == [
-        {"name": "demo_backend", "path": BACKEND_CONF, "ports": [18210], "changed": True},
-        {"name": "demo_frontend", "path": FRONTEND_CONF, "ports": [18211, 18212], "changed": True},
+        {
+            "name": "demo_backend",
+            "group": "demo_backend__blue",
+            "path": BACKEND_CONF,
+            "ports": [18210],
+            "changed": True,
+            "switch": True,
+        },
+        {
+            "name": "demo_frontend",
+            "group": "demo_frontend__blue",
+            "path": FRONTEND_CONF,
+            "ports": [18211, 18212],
+            "changed": True,
+            "switch": True,
+        },
     ]
     assert public["steps"] == [
+        "write the upstream groups of demo_backend, demo_frontend, traffic not moved (nginx -t, nginx -T, reload)",
         "start and gate demo-blue: backend, worker, frontend, cache",
-        "switch upstreams to blue: demo_backend, demo_frontend (nginx -t, nginx -T, reload)",
+        "switch demo_backend, demo_frontend to blue by the color markers (nginx -T, rename; no reload)",
         "probe through nginx at http://127.0.0.1",
         "watch demo-blue for 30 s; switch back at a failure",
         "record r2 as active in /srv/berth/demo/state.json",
@@ -86,7 +118,7 @@ def test_first_deploy_plans_blue_with_every_upstream_and_the_listed_order_first(
         (("green", "r1"), "green", "digest-1", "blue", False, None),
         (("blue", "r2"), "blue", "digest-1", "blue", True, None),  # the serving release: one docker check left
         # state.json lags nginx (interrupted after the switch): the files decide, the release is unknown.
-        (("blue", "r2"), "green", "digest-1", "blue", False, "point at color green but"),
+        (("blue", "r2"), "green", "digest-1", "blue", False, "send traffic to color green but"),
         # The files do not agree on one color (a placeholder): state.json decides.
         (("green", "r1"), None, "digest-1", "blue", False, None),
     ],
@@ -103,30 +135,105 @@ def test_live_and_target_color(active, files, sha, color, serving, warning):
 
 def test_the_serving_release_changes_no_upstream_and_drains_nothing():
     plan = planning.plan_rollout(params(), observed(state("blue", "r2"), serving_files("blue")))
-    assert [item["changed"] for item in plan["upstreams"]] == [False, False]
+    assert [(item["changed"], item["switch"]) for item in plan["upstreams"]] == [(False, False), (False, False)]
     assert plan["diff"] == []
     assert not any(step.startswith("drain") for step in plan["steps"])
 
 
-def test_a_new_release_drains_and_stops_the_old_color_and_diffs_each_changed_file():
-    files = {**serving_files("blue"), BACKEND_CONF: PLACEHOLDER}
+def test_the_first_deploy_writes_both_colors_groups_and_keeps_the_placeholder_group():
+    plan = planning.plan_rollout(params(), observed(files=placeholders()))
+    blocks = upstreams.upstream_blocks(plan["upstreams"][1]["content"])
+    assert list(blocks) == ["demo_frontend", "demo_frontend__blue", "demo_frontend__green"]
+    assert upstreams.upstream_ports(blocks["demo_frontend"]) == [18251]  # serves until a marker exists
+    assert upstreams.upstream_ports(blocks["demo_frontend__blue"]) == [18211, 18212]
+    assert upstreams.upstream_ports(blocks["demo_frontend__green"]) == [18221, 18222]
+    # The diff shows each file, then the markers that appear.
+    assert [(item["before_header"], item["before"] != "", item["after"] != "") for item in plan["diff"]] == [
+        (BACKEND_CONF, True, True),
+        (FRONTEND_CONF, True, True),
+        (marker("demo_backend", "blue"), False, True),
+        (marker("demo_frontend", "blue"), False, True),
+    ]
+
+
+def test_a_new_release_switches_markers_only_and_drains_and_stops_the_old_color():
+    files = serving_files("blue")
     plan = planning.plan_rollout(params(drain_seconds=2.5), observed(state("blue", "r1"), files))
+    assert plan["color"] == "green"
+    # Both colors' groups were written by the first deploy: no file changes, so no reload.
+    assert [(item["changed"], item["switch"]) for item in plan["upstreams"]] == [(False, True), (False, True)]
+    assert plan["steps"][0] == "upstream groups unchanged, no reload (nginx -t, nginx -T)"
+    assert (
+        plan["steps"][2]
+        == "switch demo_backend, demo_frontend to green by the color markers (nginx -T, rename; no reload)"
+    )
     assert plan["steps"][-3:] == [
         "watch demo-green for 30 s, demo-blue kept running; switch back at a failure",
         "record r2 as active in /srv/berth/demo/state.json",
         "drain (at least 2.5 s after the switch), then stop demo-blue",
     ]
-    assert [(item["before_header"], item["before"]) for item in plan["diff"]] == [
-        (BACKEND_CONF, PLACEHOLDER),
-        (FRONTEND_CONF, files[FRONTEND_CONF]),
+    assert [(item["before_header"], item["before"] != "", item["after"] != "") for item in plan["diff"]] == [
+        (marker("demo_backend", "blue"), True, False),
+        (marker("demo_backend", "green"), False, True),
+        (marker("demo_frontend", "blue"), True, False),
+        (marker("demo_frontend", "green"), False, True),
     ]
-    assert "server 127.0.0.1:18220 max_fails=0;" in plan["diff"][0]["after"]
-    assert plan["upstreams"][0]["before"] == PLACEHOLDER  # what restore() puts back
+    assert "demo_backend__green" in plan["diff"][1]["after"]
+    # What a switch back puts back.
+    assert (
+        plan["upstreams"][0]["markers"][marker("demo_backend", "blue")]["before"]
+        == files[marker("demo_backend", "blue")]
+    )
+
+
+def test_both_markers_mean_green_as_in_nginx_and_the_switch_removes_the_stray_one():
+    files = {**serving_files("blue"), marker("demo_backend", "green"): "", marker("demo_frontend", "green"): ""}
+    plan = planning.plan_rollout(params(), observed(state("green", "r1"), files))
+    assert plan["previous"] == {"color": "green", "release": "r1"}
+    assert plan["color"] == "blue"
+    assert [item["selected"] for item in plan["upstreams"]] == ["green", "green"]
+    assert written(plan, files)[marker("demo_backend", "green")] is None
+
+
+def test_a_host_with_single_group_files_keeps_serving_them_until_the_first_switch():
+    """The upgrade path: files written before the markers existed name the live color by their ports."""
+    files = {
+        BACKEND_CONF: legacy_file("demo_backend", [18220]),
+        FRONTEND_CONF: legacy_file("demo_frontend", [18221, 18222]),
+    }
+    plan = planning.plan_rollout(params(), observed(state("blue", "r1"), files))
+    assert plan["warnings"] and "send traffic to color green" in plan["warnings"][0]
+    assert plan["color"] == "blue"
+    item = plan["upstreams"][0]
+    assert item["changed"] and item["switch"] and item["selected"] is None
+    blocks = upstreams.upstream_blocks(item["content"])
+    # The single group stays as it was: it serves until the marker appears, after nginx has reloaded.
+    assert blocks["demo_backend"] == upstreams.upstream_blocks(files[BACKEND_CONF])["demo_backend"]
+    assert upstreams.upstream_ports(blocks["demo_backend__blue"]) == [18210]
+    assert upstreams.upstream_ports(blocks["demo_backend__green"]) == [18220]
+    # Rolled out as planned, the next plan of the same release changes nothing.
+    again = planning.plan_rollout(params(), observed(state("blue", "r2"), written(plan, files)))
+    assert again["serving"] is True
+
+
+def test_a_replica_change_rewrites_the_new_colors_group_only():
+    files = serving_files("blue")
+    services = [SERVICES[0], SERVICES[1], {**SERVICES[2], "replicas": 3}]
+    plan = planning.plan_rollout(params(services=services), observed(state("blue", "r1"), files))
+    backend, frontend = plan["upstreams"]
+    assert (backend["changed"], frontend["changed"]) == (False, True)
+    blocks = upstreams.upstream_blocks(frontend["content"])
+    assert upstreams.upstream_ports(blocks["demo_frontend__green"]) == [18221, 18222, 18223]
+    # The serving color's group is left as it is: its containers run as they were started.
+    assert upstreams.upstream_ports(blocks["demo_frontend__blue"]) == [18211, 18212]
+    assert (
+        plan["steps"][0] == "write the upstream groups of demo_frontend, traffic not moved (nginx -t, nginx -T, reload)"
+    )
 
 
 def test_a_missing_upstream_file_diffs_from_empty():
     plan = planning.plan_rollout(params(), observed())
-    assert [item["before"] for item in plan["diff"]] == ["", ""]
+    assert [item["before"] for item in plan["diff"]] == ["", "", "", ""]
     assert [item["before"] for item in plan["upstreams"]] == [None, None]
 
 
@@ -134,8 +241,8 @@ def test_workers_only_leave_nginx_untouched():
     plan = planning.plan_rollout(params(services=[{"name": "worker"}]), observed(files={}, compose=["worker"]))
     assert plan["upstreams"] == []
     assert plan["steps"] == [
-        "start and gate demo-blue: worker",
         "no service behind nginx: nginx untouched",
+        "start and gate demo-blue: worker",
         "watch demo-blue for 30 s; switch back at a failure",
         "record r2 as active in /srv/berth/demo/state.json",
     ]
@@ -146,7 +253,7 @@ def test_workers_only_leave_nginx_untouched():
     [
         (
             {"nginx_test_command": ["nginx-check"]},
-            "switch upstreams to blue: demo_backend, demo_frontend (nginx -t, reload)",
+            "write the upstream groups of demo_backend, demo_frontend, traffic not moved (nginx -t, reload)",
         ),
         ({"nginx_url": ""}, None),
         ({"state_dir": "/var/lib/demo"}, "record r2 as active in /var/lib/demo/state.json"),
@@ -163,7 +270,14 @@ def test_steps_follow_the_settings(changes, step):
 def test_upstream_paths_are_the_files_the_plan_reads():
     given = params()
     services = planning.listed_services(given)
-    assert planning.upstream_paths(services, given["upstreams_dir"]) == [BACKEND_CONF, FRONTEND_CONF]
+    assert planning.upstream_paths(services, given["upstreams_dir"]) == [
+        BACKEND_CONF,
+        marker("demo_backend", "blue"),
+        marker("demo_backend", "green"),
+        FRONTEND_CONF,
+        marker("demo_frontend", "blue"),
+        marker("demo_frontend", "green"),
+    ]
 
 
 def test_each_expression_is_compiled_once_in_the_plan():

@@ -7,7 +7,6 @@ is on something observable: what nginx answers, which containers run, the upstre
 """
 
 import json
-import threading
 import time
 from datetime import UTC, datetime
 
@@ -17,6 +16,7 @@ from conftest import (
     APP,
     NGINX_PORT,
     PORTS,
+    KeepAliveLoop,
     container_states,
     http_get,
     inspect_service,
@@ -29,47 +29,8 @@ PAGE = f"http://127.0.0.1:{NGINX_PORT}/"
 
 
 def upstream_ports(nginx, name):
-    text = (nginx.upstreams / f"{name}.conf").read_text()
-    return [int(line.split(":")[1].split()[0]) for line in text.splitlines() if line.strip().startswith("server ")]
-
-
-class RequestLoop:
-    """A bounded request loop through nginx (at most 3000 requests or 60 s) that records every answer."""
-
-    def __init__(self, url, max_requests=3000, max_seconds=60.0):
-        self.url, self.max_requests, self.max_seconds = url, max_requests, max_seconds
-        self.answers = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        deadline = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < deadline:
-            status, body = http_get(self.url)
-            version = json.loads(body).get("version") if status == 200 else None
-            self.answers.append((status, version, body if status != 200 else None))
-            time.sleep(0.01)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def failures(self):
-        return [answer for answer in self.answers if answer[0] != 200]
-
-    @property
-    def versions(self):
-        """Versions in the order they were served, consecutive duplicates collapsed."""
-        order = []
-        for _status, version, _body in self.answers:
-            if version and (not order or order[-1] != version):
-                order.append(version)
-        return order
+    """The ports nginx sends upstream ``name`` to (its markers' group, or its one group without a marker)."""
+    return nginx.serving_ports(name)
 
 
 def test_parameters_are_refused_naming_the_option(rollout, release):
@@ -139,14 +100,16 @@ def test_check_mode_on_a_first_deploy_plans_blue_and_changes_nothing(first_deplo
     assert result["changed"] is True
     assert result["plan"]["color"] == "blue"
     assert result["plan"]["order"] == ["backend", "worker", "frontend"]
-    assert [(u["name"], u["ports"], u["changed"]) for u in result["plan"]["upstreams"]] == [
-        ("crtest_backend", [18210], True),
-        ("crtest_frontend", [18211], True),
+    assert [(u["name"], u["group"], u["ports"], u["changed"], u["switch"]) for u in result["plan"]["upstreams"]] == [
+        ("crtest_backend", "crtest_backend__blue", [18210], True, True),
+        ("crtest_frontend", "crtest_frontend__blue", [18211], True, True),
     ]
     diff = {item["after_header"]: item for item in result["diff"]}
     backend = diff[str(nginx.upstreams / "crtest_backend.conf")]
     assert "127.0.0.1:18251" in backend["before"]
-    assert "127.0.0.1:18210" in backend["after"]
+    assert "upstream crtest_backend__blue {\n    server 127.0.0.1:18210 max_fails=0;" in backend["after"]
+    marker = diff[str(nginx.upstreams / "crtest_backend.blue")]
+    assert marker["before"] == "" and "crtest_backend__blue" in marker["after"]
     assert first_deploy["after_check"] == {"blue": {}, "state": None, "backend_ports": [18251]}
 
 
@@ -165,7 +128,7 @@ def test_first_deploy_serves_v1_through_nginx(first_deploy):
     assert state["active"]["release"] == "r1"
     assert state["releases"][0]["images"]["backend"]["image"] == "berth/demo-backend:v1"
     assert state["releases"][0]["images"]["backend"]["image_id"].startswith("sha256:")
-    assert {"start_and_gate", "switch", "nginx_probe", "record", "total"} <= set(result["timings"])
+    assert {"nginx_prepare", "start_and_gate", "switch", "nginx_probe", "record", "total"} <= set(result["timings"])
     assert [g["gate"] for g in result["gates"]] == [
         *("health", "http", "health", "health", "http"),
         *("recheck", "recheck", "nginx", "nginx", "watch"),
@@ -195,39 +158,56 @@ def test_the_same_release_again_changes_nothing(rollout, release, state_file, ba
     assert state_file() == before
 
 
-def test_rollout_to_v2_under_load_fails_no_request(rollout, release, nginx, state_file, baseline):
+def test_rollout_to_v2_under_load_fails_no_request_and_retries_none(rollout, release, nginx, state_file, baseline):
     baseline("r1", exact=True)
-    with RequestLoop(API) as loop:
+    with KeepAliveLoop() as loop:
         result = rollout(release("r2", "v2"), "r2")
         returned_at = len(loop.answers)
         time.sleep(0.5)
+    print(f"client: {loop.summary()}; timings: {result['timings']}")
     assert not result.get("failed"), result.get("msg")
     assert result["color"] == "green"
-    assert loop.failures == []
-    # During nginx's graceful reload old and new workers both answer for a moment, so the answers
-    # may alternate briefly; once the rollout has returned (after its drain) only v2 answers.
-    assert loop.versions[0] == "v1"
-    assert set(loop.versions) == {"v1", "v2"}
-    assert {version for _status, version, _body in loop.answers[returned_at:]} == {"v2"}
-    assert len(loop.answers) > 50
+    assert loop.failed == []
+    # No reload: nginx closed no keep-alive connection, so no request had to be sent twice.
+    assert loop.retried == []
+    assert [item["changed"] for item in result["plan"]["upstreams"]] == [False, False]
+    assert not any(" -s reload" in command for command in result["commands"])
+    # One switch, for every connection at once: v1 until the markers moved, v2 after.
+    assert loop.versions == ["v1", "v2"]
+    assert {version for _when, _status, version, *_rest in loop.answers[returned_at:]} == {"v2"}
+    assert len(loop.answers) > 50 and len(loop.posts) > 25
+    assert result["timings"]["switch"] < 0.05
     assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
     # The old color is stopped, not removed: a rollback starts it again.
     assert container_states(f"{APP}-blue") == {"backend": "exited", "worker": "exited", "frontend": "exited"}
     assert [item["release"] for item in state_file()["releases"]] == ["r2", "r1"]
 
 
+def test_the_live_color_survives_an_nginx_restart(nginx, baseline):
+    """The markers are files nginx reads at every request: a restarted nginx (or a rebooted host)
+    serves the color the last switch chose, not the one its configuration names first."""
+    baseline("r2")
+    assert nginx.selected("crtest_backend") == "green"
+    nginx.restart()
+    assert wait_for(lambda: http_get(API)[0] == 200)
+    assert served_version() == "v2"
+    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
+
+
 def test_v3_fails_at_the_body_gate_and_v2_keeps_serving(rollout, release, nginx, state_file, baseline):
     baseline("r2")
     before = state_file()
-    with RequestLoop(API) as loop:
+    with KeepAliveLoop() as loop:
         result = rollout(release("r3", "v3"), "r3")
+    print(f"client: {loop.summary()}")
     assert result["failed"]
     assert "traffic untouched" in result["msg"]
     assert "http gate failed for service 'backend' on color blue" in result["msg"]
     assert '"database": "disconnected"' in result["msg"]
     assert "health log" in result["msg"]
     assert result["failed_gate"]["last"]["status"] == 200
-    assert loop.failures == []
+    assert loop.failed == []
+    assert loop.retried == []
     assert loop.versions == ["v2"]
     assert served_version() == "v2"
     assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
@@ -268,15 +248,22 @@ def test_a_failing_probe_through_nginx_switches_back(rollout, release, nginx, st
     baseline("r2")
     before = state_file()
     saved = (nginx.upstreams / "crtest_backend.conf").read_text()
+    markers_before = markers(nginx)
     # nginx_url points at the placeholder server, which answers 503 to every probe through it.
     result = rollout(release("r6", "v1"), "r6", nginx_host_header="crtest.invalid", nginx_url="http://127.0.0.1:18251")
     assert result["failed"]
     assert "switched back to the previous upstreams" in result["msg"]
     assert "nginx gate failed for service 'backend'" in result["msg"]
     assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
+    assert markers(nginx) == markers_before
     assert served_version() == "v2"
     assert wait_for(lambda: container_states(f"{APP}-blue")["backend"] == "exited")
     assert state_file() == before
+
+
+def markers(nginx):
+    """Every color marker's name and content."""
+    return {path.name: path.read_text() for path in nginx.upstreams.iterdir() if path.suffix in (".blue", ".green")}
 
 
 def test_rollback_to_r1_serves_v1_again(rollout, workdir, state_file, baseline):

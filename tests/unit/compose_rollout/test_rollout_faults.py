@@ -1,6 +1,7 @@
 """compose_rollout when the world disagrees with it: an upstreams directory nginx does not read, a
-changed env file under the same release id, a state.json that lags nginx, a reload that fails while
-switching back, and Docker commands failing after the switch.
+site that does not choose by the color markers, a changed env file under the same release id, a
+state.json that lags nginx, markers that cannot be put back while switching back, and Docker commands
+failing after the switch.
 
 Shares the engine, nginx and state with test_rollout.py. Each test asks for a serving release
 (``serving``, which keeps whatever serves when it fits) and works from whichever color that is; it
@@ -15,7 +16,19 @@ import time
 
 import pytest
 import yaml
-from conftest import API, APP, PORTS, container_states, http_get, inspect_service, served_version, sh, wait_for
+from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
+from conftest import (
+    API,
+    APP,
+    PORTS,
+    KeepAliveLoop,
+    container_states,
+    http_get,
+    inspect_service,
+    served_version,
+    sh,
+    wait_for,
+)
 
 PLACEHOLDER_URL = "http://127.0.0.1:18251"
 
@@ -25,8 +38,7 @@ def other(color):
 
 
 def backend_upstream_port(nginx):
-    text = (nginx.upstreams / "crtest_backend.conf").read_text()
-    return int(text.split("server 127.0.0.1:")[1].split()[0])
+    return nginx.serving_ports("crtest_backend")[0]
 
 
 def test_an_upstreams_dir_nginx_does_not_read_is_caught_before_the_reload(
@@ -45,8 +57,75 @@ def test_an_upstreams_dir_nginx_does_not_read_is_caught_before_the_reload(
     # Traffic never moved and the live color still runs.
     assert served_version() == version
     assert container_states(f"{APP}-{live}")["backend"] == "running"
-    assert wait_for(lambda: container_states(f"{APP}-{other(live)}")["backend"] == "exited")
+    # The new color was never started (nginx is checked first), or is stopped again.
+    assert wait_for(lambda: container_states(f"{APP}-{other(live)}").get("backend") in (None, "exited"))
     assert state_file() == before
+
+
+def test_a_site_that_does_not_choose_by_the_markers_is_refused_before_the_new_color_starts(
+    rollout, release, nginx, state_file, serving
+):
+    """nginx -T must show a server testing every marker: a marker nobody tests would switch nothing, and the
+    rollout would then stop the color that still serves. Here the test command checks a configuration
+    whose site proxies to the old single groups, as a site written before the markers existed."""
+    serving()
+    before = state_file()
+    live, version = before["active"]["color"], served_version()
+    snapshot = {path.name: path.read_text() for path in nginx.upstreams.iterdir()}
+    old_site = nginx.prefix / "old-site.conf"
+    old_site.write_text(
+        nginx.conf.read_text()
+        .replace("proxy_pass http://$berth_upstream_", "proxy_pass http://")
+        .replace("if (-f", "if ($host = nowhere) { } #")
+    )
+    test_command = ["nginx", "-p", str(nginx.prefix), "-c", str(old_site), "-t", "-q"]
+    result = rollout(release("r13", "v1"), "r13", nginx_test_command=test_command)
+    assert result["failed"]
+    assert "shows no server that tests the color markers" in result["msg"]
+    assert f"{nginx.upstreams}/crtest_backend.blue" in result["msg"]
+    assert "traffic untouched" in result["msg"]
+    assert {path.name: path.read_text() for path in nginx.upstreams.iterdir()} == snapshot
+    assert served_version() == version
+    assert container_states(f"{APP}-{other(live)}").get("backend") in (None, "exited")
+    assert state_file() == before
+
+
+def test_a_host_with_the_single_group_files_of_earlier_rollouts_keeps_serving_through_its_first_rollout(
+    rollout, release, nginx, state_file, serving
+):
+    """The upgrade path: files as rollouts wrote them before the color markers (one group, the live color's
+    ports) and no marker, with the new sites, which then send each upstream to that one group."""
+    serving("v1")
+    live = state_file()["active"]["color"]
+    for name, service in (("crtest_backend", "backend"), ("crtest_frontend", "frontend")):
+        legacy = upstreams.render_upstream(name, [PORTS[service][live]], 16, f"color {live}, release r1")
+        (nginx.upstreams / f"{name}.conf").write_text(legacy)
+        for color in ("blue", "green"):
+            (nginx.upstreams / f"{name}.{color}").unlink(missing_ok=True)
+    sh(*nginx.reload_command)
+    assert wait_for(
+        lambda: http_get(API) == (200, http_get(f"http://127.0.0.1:{PORTS['backend'][live]}/api/health")[1])
+    )
+    with KeepAliveLoop() as loop:
+        first = rollout(release("r14", "v2"), "r14")
+    print(f"first rollout: {loop.summary()}; timings: {first['timings']}; failed: {loop.failed[:5]}")
+    assert not first.get("failed"), first.get("msg")
+    # The files gain both colors' groups, and nginx reloads once, before the new color starts.
+    assert [(item["changed"], item["switch"]) for item in first["plan"]["upstreams"]] == [(True, True)] * 2
+    assert loop.failed == []
+    assert loop.versions == ["v1", "v2"]
+    assert nginx.selected("crtest_backend") == other(live)
+    assert upstreams.upstream_ports(
+        upstreams.upstream_blocks((nginx.upstreams / "crtest_backend.conf").read_text())["crtest_backend"]
+    ) == [PORTS["backend"][live]]
+    # From then on, no reload and no retried request.
+    with KeepAliveLoop() as loop:
+        second = rollout(release("r1", "v1"), "r1")
+    print(f"second rollout: {loop.summary()}; timings: {second['timings']}")
+    assert not second.get("failed"), second.get("msg")
+    assert [item["changed"] for item in second["plan"]["upstreams"]] == [False, False]
+    assert loop.failed == [] and loop.retried == []
+    assert loop.versions == ["v2", "v1"]
 
 
 def test_a_changed_env_file_under_a_recorded_release_id_is_refused(rollout, release, state_file, serving):
@@ -92,7 +171,7 @@ def test_the_live_color_comes_from_the_upstream_files_when_state_json_lags(
     assert result["failed"]
     assert f"on color {other(live)}" in result["msg"]
     assert "traffic untouched" in result["msg"]
-    assert any(f"point at color {live}" in warning for warning in result["warnings"])
+    assert any(f"send traffic to color {live}" in warning for warning in result["warnings"])
     assert failures == []
     assert served_version() == "v1"
     assert container_states(f"{APP}-{live}")["backend"] == "running"
@@ -104,35 +183,37 @@ def test_a_failed_switch_back_leaves_traffic_on_the_new_color_and_records_it(
     serving("v1")  # the watcher below tells the switch by v2 appearing
     live = state_file()["active"]["color"]
     new = other(live)
-    pid_file = nginx.prefix / "nginx.pid"
-    hidden = nginx.prefix / "nginx.pid.hidden"
+    # The marker the switch removed and the switch back would put again: a directory there, which
+    # rename() cannot replace, makes the switch back fail for real (and nginx's -f test is false for it).
+    blocked = nginx.upstreams / f"crtest_backend.{live}"
 
-    def hide_pid_file_once_traffic_moved():
-        # The switch's reload has happened when nginx answers with v2; without its pid file the
-        # reload that would switch back fails for real.
+    def block_the_marker_once_traffic_moved():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             status, body = http_get(API, timeout=1)
             if status == 200 and json.loads(body)["version"] == "v2":
-                pid_file.rename(hidden)
+                blocked.mkdir()
+                (blocked / "keep").write_text("")
                 return
             time.sleep(0.02)
 
-    watcher = threading.Thread(target=hide_pid_file_once_traffic_moved, daemon=True)
+    watcher = threading.Thread(target=block_the_marker_once_traffic_moved, daemon=True)
     watcher.start()
     try:
         # Probes through the placeholder server answer 503, so the module switches back.
         result = rollout(release("r11", "v2"), "r11", nginx_url=PLACEHOLDER_URL)
     finally:
         watcher.join()
-        if hidden.exists():
-            hidden.rename(pid_file)
+        if blocked.is_dir():
+            shutil.rmtree(blocked)
     assert result["failed"]
     assert f"traffic is still on color {new} (release r11)" in result["msg"]
+    assert "switching back failed (color markers:" in result["msg"]
     assert "nginx gate failed for service 'backend'" in result["msg"]
     assert served_version() == "v2"
     assert container_states(f"{APP}-{new}")["backend"] == "running"
     assert backend_upstream_port(nginx) == PORTS["backend"][new]
+    assert nginx.selected("crtest_backend") == nginx.selected("crtest_frontend") == new
     assert state_file()["active"] == {**state_file()["active"], "color": new, "release": "r11"}
 
 

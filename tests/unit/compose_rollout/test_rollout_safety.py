@@ -2,8 +2,9 @@
 release that breaks inside the watch window is switched back by itself, a slow boot passes with its
 boot grace, and a killed controller leaves one consistent state with the deploy lock released.
 
-Each test starts from a serving v1 (``serving``) and checks what the client saw (failed requests
-and how long they lasted), the upstream files, the containers and state.json.
+Each test starts from a serving v1 (``serving``) and checks what the client saw on its keep-alive
+connections (failed requests, how long they lasted, and that none had to be retried: neither the
+switch nor the switch back reloads nginx), the color markers, the containers and state.json.
 """
 
 import contextlib
@@ -13,16 +14,15 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import yaml
 from conftest import (
-    API,
     APP,
     PORTS,
     REPO,
     SERVICES,
+    KeepAliveLoop,
     container_states,
     http_get,
     module_args,
@@ -38,56 +38,7 @@ def other(color):
 
 
 def backend_port(nginx):
-    text = (nginx.upstreams / "crtest_backend.conf").read_text()
-    return int(text.split("server 127.0.0.1:")[1].split()[0])
-
-
-class ClientLoop:
-    """A bounded request loop through nginx (at most ``max_requests`` or ``max_seconds``) that records
-    when each answer came and what it was."""
-
-    def __init__(self, url=API, max_requests=20000, max_seconds=90.0):
-        self.url, self.max_requests, self.max_seconds = url, max_requests, max_seconds
-        self.answers = []  # (monotonic time, status, version)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        deadline = time.monotonic() + self.max_seconds
-        while not self._stop.is_set() and len(self.answers) < self.max_requests and time.monotonic() < deadline:
-            status, body = http_get(self.url, timeout=2)
-            version = json.loads(body).get("version") if status == 200 else None
-            self.answers.append((time.monotonic(), status, version))
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def failed(self):
-        return [answer for answer in self.answers if answer[1] != 200]
-
-    @property
-    def failed_seconds(self):
-        """From the first failed answer to the first good one after the last failure: the outage users saw."""
-        failed = self.failed
-        if not failed:
-            return 0.0
-        after = [when for when, status, _version in self.answers if status == 200 and when > failed[-1][0]]
-        return (after[0] if after else failed[-1][0]) - failed[0][0]
-
-    @property
-    def versions(self):
-        order = []
-        for _when, _status, version in self.answers:
-            if version and (not order or order[-1] != version):
-                order.append(version)
-        return order
+    return nginx.serving_ports("crtest_backend")[0]
 
 
 # Each service's HEALTHCHECK every second, with a generous timeout: the gates pass within a few
@@ -102,7 +53,7 @@ def dying_release(release, release_id, command):
 
 
 def assert_switched_back(result, loop, nginx, state_file, before, live):
-    print(f"client: {len(loop.answers)} requests, {len(loop.failed)} failed over {loop.failed_seconds:.2f} s")
+    print(f"client: {loop.summary()}")
     print(f"timings: {result['timings']}; failed gate: {result.get('failed_gate', {}).get('gate')}")
     assert result["failed"]
     assert "switched back to the previous upstreams" in result["msg"]
@@ -110,6 +61,7 @@ def assert_switched_back(result, loop, nginx, state_file, before, live):
     # The release did serve (v2 answered) and broke while serving (the caller asserts the watch gate
     # failed); when the watch catches it before any client request fails, that is 0 s of failures.
     assert loop.failed_seconds <= 1.0
+    assert loop.retried == []
     assert loop.versions[:2] == ["v1", "v2"] and loop.versions[-1] == "v1"
     assert served_version() == "v1"
     assert backend_port(nginx) == PORTS["backend"][live]
@@ -126,7 +78,7 @@ def test_a_release_whose_container_dies_at_8_s_is_switched_back_by_itself(rollou
     # other services' gates (a release that breaks before the switch is refused there instead).
     backend_last = with_backend()[1:] + with_backend()[:1]
     directory = dying_release(release, "rdie8", ["timeout", "8", *BACKEND])
-    with ClientLoop() as loop:
+    with KeepAliveLoop() as loop:
         result = rollout(directory, "rdie8", watch_seconds=15, services=backend_last)
         time.sleep(0.5)
     assert_switched_back(result, loop, nginx, state_file, before, live)
@@ -145,7 +97,7 @@ def test_a_release_whose_backend_stops_answering_at_20_s_is_switched_back_by_its
     before = state_file()
     live = before["active"]["color"]
     command = ["sh", "-c", f"timeout 20 {' '.join(BACKEND)}; sleep 300"]
-    with ClientLoop() as loop:
+    with KeepAliveLoop() as loop:
         result = rollout(dying_release(release, "rdie20", command), "rdie20", watch_seconds=30)
         time.sleep(0.5)
     assert_switched_back(result, loop, nginx, state_file, before, live)
@@ -242,7 +194,7 @@ def test_a_killed_controller_leaves_one_consistent_state_and_the_lock_released(
         start_new_session=True,
     )
     try:
-        with ClientLoop(max_seconds=150) as loop:
+        with KeepAliveLoop(max_seconds=150) as loop:
             # Kill the controller in the watch window: traffic is on the new color, the old one still runs.
             assert wait_for(lambda: backend_port(nginx) == PORTS["backend"][new], timeout=120)
             owner = json.loads((lock_dir / "owner").read_text())
@@ -271,6 +223,7 @@ def test_a_killed_controller_leaves_one_consistent_state_and_the_lock_released(
     outcome = json.loads((workdir / "state" / "last-rollout.json").read_text())
     assert not outcome.get("failed"), outcome.get("msg")
     assert loop.failed == []
+    assert loop.retried == []
 
 
 def alive(pid):
@@ -284,7 +237,7 @@ def alive(pid):
 
 def test_the_client_loop_counts_an_outage():
     """The loop's measure can fail: against a port where nothing listens every answer is a failure."""
-    with ClientLoop(url="http://127.0.0.1:18276/", max_requests=20, max_seconds=5) as loop:
+    with KeepAliveLoop(port=18276, max_requests=20, max_seconds=5) as loop:
         time.sleep(0.3)
     assert len(loop.failed) == len(loop.answers) > 0
     assert http_get("http://127.0.0.1:18276/")[0] is None

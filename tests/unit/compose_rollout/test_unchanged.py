@@ -1,7 +1,7 @@
 """compose_rollout's check_unchanged on the real engine and nginx: the one look at the host with which
 the compose_app role ends a deploy that has nothing to do. Each answer is asserted with its reason, and
 each way the host can differ from the last complete deploy (inputs, release, lock, upstream file,
-stopped container, missing data service) turns the answer into "something to do"."""
+color marker, stopped container, missing data service) turns the answer into "something to do"."""
 
 import json
 import subprocess
@@ -111,17 +111,26 @@ def test_a_held_lock_or_a_missing_data_service_has_something_to_do(recorded, ask
     assert absent["unchanged_reason"] == f"a container of {APP}-data is not running and healthy, or missing"
 
 
-def test_an_upstream_file_that_points_elsewhere_has_something_to_do(recorded, ask, nginx):
+def test_an_upstream_file_or_marker_that_points_elsewhere_has_something_to_do(recorded, ask, nginx):
     path = nginx.upstreams / "crtest_frontend.conf"
     content = path.read_text()
-    path.write_text(content.replace("release r1", "release r0"))
+    path.write_text(content.replace("127.0.0.1:18211", "127.0.0.1:18219"))
     try:
-        result = ask(fingerprint="f1")
+        changed = ask(fingerprint="f1")
     finally:
         path.write_text(content)
-    assert result["unchanged"] is False
-    assert (
-        result["unchanged_reason"] == "the upstream files of crtest_frontend do not point at color blue of release r1"
+    assert changed["unchanged"] is False
+    assert changed["unchanged_reason"] == "the upstream files of crtest_frontend do not hold the groups of release r1"
+    marker = nginx.upstreams / "crtest_frontend.blue"
+    saved = marker.read_text()
+    marker.unlink()
+    try:
+        switched = ask(fingerprint="f1")
+    finally:
+        marker.write_text(saved)
+    assert switched["unchanged"] is False
+    assert switched["unchanged_reason"] == (
+        "the color markers of crtest_frontend do not select color blue of release r1"
     )
 
 
