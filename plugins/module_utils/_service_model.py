@@ -18,7 +18,8 @@ from ansible_collections.berth.stack.plugins.module_utils._release_state import 
 
 APP_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# No "__" and no trailing "_": <upstream>__blue and <upstream>__green are the colors' nginx groups.
+UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 # The Compose specification's rule for service names (compose-spec, schema "services" patternProperties).
 SERVICE_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -500,6 +500,43 @@ def test_a_color_marker_switches_the_upstream_with_no_reload_and_no_retried_requ
     assert outcome["after_restart"] == "backend_v2", outcome
 
 
+SCRAPE_PROBE = r"""
+import http.client, json, os, subprocess
+
+UPSTREAM = "/etc/nginx/berth/upstreams/demo_switch.conf"
+MARKER = "/etc/nginx/berth/upstreams/demo_switch.green"
+
+def scrape():
+    connection = http.client.HTTPConnection("127.0.0.1", 8502, timeout=5)
+    connection.request("GET", "/upstreams/demo_switch/metrics")
+    answer = json.loads(connection.getresponse().read())
+    return [answer["backend"], answer["path"]]
+
+original = open(UPSTREAM).read()
+with open(UPSTREAM, "w") as f:
+    f.write(original + "upstream demo_switch__green {\n    server 127.0.0.1:9103 max_fails=0;\n}\n")
+subprocess.run(["nginx", "-t", "-q"], check=True)
+subprocess.run(["systemctl", "reload", "nginx"], check=True)
+subprocess.run(["sleep", "1"], check=True)
+before = scrape()
+open(MARKER, "w").close()
+after = scrape()
+os.unlink(MARKER)
+with open(UPSTREAM, "w") as f:
+    f.write(original)
+subprocess.run(["systemctl", "reload", "nginx"], check=True)
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+def test_an_upstreams_metrics_keep_one_local_address_across_a_color_switch(host):
+    outcome = json.loads(host.check_output("python3 -c %s", SCRAPE_PROBE))
+    assert outcome == {"before": ["backend", "/metrics"], "after": ["backend_v2", "/metrics"]}, outcome
+    # On the status port, which listens on 127.0.0.1 only.
+    assert host.socket("tcp://127.0.0.1:8502").is_listening
+    assert not host.socket("tcp://0.0.0.0:8502").is_listening
+
+
 def test_sites_choose_each_upstream_by_its_color_markers(host):
     site = host.file("/etc/nginx/berth/sites/shop.conf").content_string
     assert "open_file_cache off;" in site

@@ -104,7 +104,13 @@ def test_valid_services_have_no_errors():
             [backend(ports={"blue": 18010, "green": 18011}, replicas=2)],
             "services[backend].ports.green=18011: overlaps another service's or color's ports",
         ),
-        ([backend(upstream="Demo-Backend")], "services[backend].upstream='Demo-Backend': must match ^[a-z][a-z0-9_]*$"),
+        (
+            [backend(upstream="Demo-Backend")],
+            "services[backend].upstream='Demo-Backend': must match ^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$",
+        ),
+        # <upstream>__blue and __green are the colors' groups: another upstream may not take such a name.
+        ([backend(upstream="demo__blue")], "services[backend].upstream='demo__blue': must match"),
+        ([backend(upstream="demo_")], "services[backend].upstream='demo_': must match"),
         (
             [backend(), backend(name="api", ports={"blue": 18030, "green": 18040}, upstream="demo_backend")],
             "services[api].upstream='demo_backend': used by two services",
