@@ -291,3 +291,7 @@ def test_an_app_with_no_service_behind_nginx_leaves_nginx_untouched(rollout, rel
         assert {path.name: path.read_text() for path in nginx.upstreams.iterdir()} == upstream_files
     finally:
         sh("docker", "compose", "--project-name", "crworkers-blue", "down", "--timeout", "2", check=False)
+        # Its image keeper too: the session's clean-up removes only the crtest app's keepers.
+        keepers = sh("docker", "ps", "--all", "--quiet", "--filter", "label=berth.keep.app=crworkers", check=False)
+        if keepers.stdout.split():
+            sh("docker", "rm", "--force", *keepers.stdout.split(), check=False)
