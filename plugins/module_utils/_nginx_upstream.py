@@ -32,10 +32,11 @@ import re
 import tempfile
 
 from ansible_collections.berth.stack.plugins.module_utils import _files as files
+from ansible_collections.berth.stack.plugins.module_utils._release_state import COLORS
 
 FILE_MODE = 0o644
-# The order of the site template's tests: when both markers exist, the later color wins.
-MARKER_ORDER = ("blue", "green")
+# The site template tests the markers in the colors' order: when both exist, the later color wins.
+MARKER_ORDER = COLORS
 
 
 def group_name(name, color):
@@ -53,18 +54,6 @@ def marker_content(name, color, app):
         f"# berth.stack.compose_rollout, app {app}: while this file exists nginx sends {name} to "
         f"{group_name(name, color)}\n"
     )
-
-
-def selector_directives(name, upstreams_dir):
-    """The server-context lines that choose upstream ``name``'s group from its markers (the nginx role's
-    site template writes the same); locations then ``proxy_pass http://$berth_upstream_<name>``."""
-    variable = f"$berth_upstream_{name}"
-    lines = [f"set {variable} {name};"]
-    lines += [
-        f"if (-f {marker_path(upstreams_dir, name, color)}) {{ set {variable} {group_name(name, color)}; }}"
-        for color in MARKER_ORDER
-    ]
-    return lines
 
 
 def selected_color(markers):
@@ -105,15 +94,7 @@ def upstream_ports(content):
 def upstream_blocks(content):
     """name -> the text of each ``upstream <name> {...}`` block of a file, in order (comments left out)."""
     text = re.sub(r"#[^\n]*", "", content or "")
-    blocks = {}
-    for match in re.finditer(r"(?:^|[\s;{}])upstream\s+([A-Za-z0-9_.-]+)\s*\{", text):
-        depth, start = 1, match.end()
-        for index in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[index], 0)
-            if depth == 0:
-                blocks[match.group(1)] = f"upstream {match.group(1)} {{{text[start:index]}}}"
-                break
-    return blocks
+    return {name: f"upstream {name} {{{body}}}" for name, body in _blocks(text, "upstream", named=True)}
 
 
 def render_upstream_file(blocks, comment):
@@ -139,17 +120,19 @@ def dumped_files(dump):
     return set(re.findall(r"^# configuration file (.+):$", dump or "", re.MULTILINE))
 
 
-def _blocks(text, keyword):
-    """The bodies of the ``<keyword> {...}`` blocks of an nginx configuration text, nested blocks included."""
-    bodies = []
-    for match in re.finditer(r"(?:^|[\s;{}])" + keyword + r"\s*\{", text):
+def _blocks(text, keyword, named=False):
+    """The ``<keyword> [name] {...}`` blocks of an nginx configuration text, nested blocks included, as
+    (name, body) pairs; the name is None unless ``named``."""
+    pattern = r"(?:^|[\s;{}])" + keyword + (r"\s+([A-Za-z0-9_.-]+)" if named else "") + r"\s*\{"
+    blocks = []
+    for match in re.finditer(pattern, text):
         depth, start = 1, match.end()
         for index in range(start, len(text)):
             depth += {"{": 1, "}": -1}.get(text[index], 0)
             if depth == 0:
-                bodies.append(text[start:index])
+                blocks.append((match.group(1) if named else None, text[start:index]))
                 break
-    return bodies
+    return blocks
 
 
 def site_certificate(dump, server_name):
@@ -159,7 +142,7 @@ def site_certificate(dump, server_name):
     files = re.findall(r"^# configuration file (.+):$", dump or "", re.MULTILINE)
     base = os.path.dirname(files[0]) if files else "/etc/nginx"
     text = re.sub(r"#[^\n]*", "", dump or "")
-    for body in _blocks(text, "server"):
+    for _name, body in _blocks(text, "server"):
         # The server's own directives: its location blocks are not searched.
         own = body
         while re.search(r"\{[^{}]*\}", own):

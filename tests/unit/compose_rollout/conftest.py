@@ -136,6 +136,20 @@ def self_signed_certificate(directory: Path, stem: str, name: str) -> Path:
     return certificate
 
 
+def selector_directives(name, upstreams_dir):
+    """The server-context lines that choose upstream ``name``'s group from its markers, as the nginx role's
+    site template (templates/upstream_selector.j2) writes them; locations then ``proxy_pass
+    http://$berth_upstream_<name>``."""
+    variable = f"$berth_upstream_{name}"
+    lines = [f"set {variable} {name};"]
+    lines += [
+        f"if (-f {upstreams.marker_path(upstreams_dir, name, color)}) "
+        f"{{ set {variable} {upstreams.group_name(name, color)}; }}"
+        for color in upstreams.MARKER_ORDER
+    ]
+    return lines
+
+
 class Nginx:
     def __init__(self, prefix: Path):
         self.prefix = prefix
@@ -202,9 +216,7 @@ class Nginx:
 
     def selectors(self):
         """The server-context lines of a site that proxies to the test app (as the nginx role's site template)."""
-        return "\n        ".join(
-            line for name in UPSTREAMS for line in upstreams.selector_directives(name, str(self.upstreams))
-        )
+        return "\n        ".join(line for name in UPSTREAMS for line in selector_directives(name, str(self.upstreams)))
 
     def make_certificate(self, stem, name):
         """A self-signed certificate for ``name`` (key and certificate files in the prefix); its path."""

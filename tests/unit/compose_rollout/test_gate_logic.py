@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.berth.stack.plugins.module_utils import _health as health
 from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
 from ansible_collections.berth.stack.plugins.module_utils import _release_state as states
-from conftest import self_signed_certificate
+from conftest import selector_directives, self_signed_certificate
 
 
 class FakeClock:
@@ -237,7 +237,7 @@ def test_green_wins_when_both_markers_exist_as_in_the_site_template(markers, sel
 
 
 def test_the_selector_tests_each_marker_and_the_dump_check_finds_them_but_not_in_comments():
-    lines = upstreams.selector_directives("demo_backend", "/etc/nginx/up")
+    lines = selector_directives("demo_backend", "/etc/nginx/up")
     assert lines == [
         "set $berth_upstream_demo_backend demo_backend;",
         "if (-f /etc/nginx/up/demo_backend.blue) { set $berth_upstream_demo_backend demo_backend__blue; }",
