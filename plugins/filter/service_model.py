@@ -48,4 +48,5 @@ class FilterModule:
             "port_variable": model.port_variable,
             "compose_environment": model.compose_environment,
             "secret_files": secret_files,
+            "listed_reference": model.listed_reference,
         }

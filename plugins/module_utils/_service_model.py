@@ -150,6 +150,14 @@ def with_defaults(app, service):
     return validated
 
 
+def listed_reference(image):
+    """``image`` as Docker lists it among an image's RepoTags or RepoDigests: a reference without a tag
+    or digest ("postgres", "registry:5000/app") is listed with its implied ":latest"."""
+    if "@" in image or ":" in image.rsplit("/", 1)[-1]:
+        return image
+    return f"{image}:latest"
+
+
 def image_reference_error(image):
     """Why ``image`` is not a docker image reference, or None when it is one."""
     if not IMAGE_REFERENCE.match(image):

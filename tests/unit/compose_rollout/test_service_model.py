@@ -59,6 +59,20 @@ def test_default_upstream(app, name, upstream):
     assert model.default_upstream(app, name) == upstream
 
 
+@pytest.mark.parametrize(
+    ("image", "listed"),
+    [
+        ("postgres", "postgres:latest"),
+        ("postgres:17", "postgres:17"),
+        ("127.0.0.1:5000/berth/ledger", "127.0.0.1:5000/berth/ledger:latest"),
+        ("127.0.0.1:5000/berth/ledger:r6", "127.0.0.1:5000/berth/ledger:r6"),
+        ("shop/api@sha256:" + "a" * 64, "shop/api@sha256:" + "a" * 64),
+    ],
+)
+def test_a_reference_is_compared_as_docker_lists_it(image, listed):
+    assert FILTERS["listed_reference"](image) == listed
+
+
 def test_compose_environment_names_every_port_range_and_the_color():
     services = [backend(), {**WORKER}, {"name": "web", "ports": {"blue": 18030, "green": 18040}, "replicas": 2}]
     expected = {"BERTH_COLOR": "green", "BERTH_PORT_BACKEND": "18020", "BERTH_PORT_WEB": "18040-18041"}
