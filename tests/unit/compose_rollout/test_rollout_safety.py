@@ -65,7 +65,6 @@ def assert_switched_back(result, loop, nginx, state_file, before, live):
     # backend that dies mid-request may make nginx close one, and that request's 502 is then one of the
     # failed requests bounded above, not a hidden retry.
     assert [answer for answer in loop.retried if answer[5]] == []
-    assert [answer for answer in loop.retried if answer not in loop.failed] == []
     assert loop.versions[:2] == ["v1", "v2"] and loop.versions[-1] == "v1"
     assert served_version() == "v1"
     assert backend_port(nginx) == PORTS["backend"][live]
