@@ -12,7 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def run_role_tasks(
+def run_role_tasks(tmp_path: Path, tasks_from: str, variables: dict, **options):
+    """ansible-playbook's completed process (options: see role_tasks_command)."""
+    argv, env = role_tasks_command(tmp_path, tasks_from, variables, **options)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
+
+
+def role_tasks_command(
     tmp_path: Path,
     tasks_from: str,
     variables: dict,
@@ -21,7 +27,9 @@ def run_role_tasks(
     check=False,
     path=(),
 ):
-    """ansible-playbook's completed process; ``path``: directories put first on PATH (a host's pg_dump)."""
+    """(argv, env) of the ansible-playbook run that includes ``role``'s ``tasks_from`` with ``variables`` as
+    play variables, then runs the ``after`` tasks; the playbook and inventory are written to ``tmp_path``.
+    ``path``: directories put first on PATH (a host's pg_dump)."""
     play = {
         "name": f"Run {role}'s {tasks_from}",
         "hosts": "localhost",
@@ -51,12 +59,5 @@ def run_role_tasks(
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }
-    return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *(["--check"] if check else [])],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=False,
-    )
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook), *(["--check"] if check else [])]
+    return argv, env

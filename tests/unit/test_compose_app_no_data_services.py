@@ -81,7 +81,7 @@ def test_the_host_gets_a_postgresql_client_when_its_pg_dump_takes_the_backup(tmp
     )
     variables.update(extra)
     show = {"name": "Show the packages", "ansible.builtin.debug": {"msg": "PACKAGES={{ __compose_app_packages }}"}}
-    completed = run_role_tasks(tmp_path, "preflight.yml", variables, [show])
+    completed = run_role_tasks(tmp_path, "preflight.yml", variables, after=[show])
     assert completed.returncode == 0, completed.stdout[-4000:]
     package = extra.get("compose_app_migrations_client_package", "postgresql-client")
     line = next(line for line in completed.stdout.splitlines() if "PACKAGES=" in line)

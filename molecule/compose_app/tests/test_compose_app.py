@@ -1,9 +1,9 @@
 """The demo app after compose_app's scenario, checked from outside: nginx answers, the database
 holds the migrations, secrets are 0600, ports are on 127.0.0.1, the old color is kept stopped.
 
-Verify runs after side_effect.yml, whose last deploy of the demo is v1 (the deploy that waited for the
-lock), on blue: v1 first on blue, v2 on green, v3 refused, the rollback to v1 on blue, v2 on green in the
-background, then v1 on blue. The refused inputs after that changed nothing."""
+Verify runs after side_effect.yml, whose last deploy of the demo is v2 (the AWX deploy job), on green:
+v1 first on blue, v2 on green, v3 refused, the AWX rollback job's v1 on blue, then the AWX deploy job's
+v2 on green. The refused inputs after that changed nothing."""
 
 import json
 
@@ -30,9 +30,9 @@ def state(host):
     return json.loads(host.file("/srv/berth/demo/state.json").content_string)
 
 
-def test_v1_serves_through_nginx_with_the_database_connected(host):
-    assert json.loads(get(host, "/api/health")) == {"status": "ok", "database": "connected", "version": "v1"}
-    assert 'id="frontend-version">v1<' in get(host, "/")
+def test_v2_serves_through_nginx_with_the_database_connected(host):
+    assert json.loads(get(host, "/api/health")) == {"status": "ok", "database": "connected", "version": "v2"}
+    assert 'id="frontend-version">v2<' in get(host, "/")
 
 
 def test_notes_are_written_and_read_through_nginx(host):
@@ -57,7 +57,7 @@ def test_the_worker_consumes_the_queue(host):
             break
         host.run("sleep 0.5")
     assert status["status"] == "done"
-    assert status["processed_by"].endswith("@v1")
+    assert status["processed_by"].endswith("@v2")
 
 
 def test_migrations_are_recorded_in_the_history_table(host):
@@ -67,11 +67,11 @@ def test_migrations_are_recorded_in_the_history_table(host):
     assert versions.split() == ["0001", "0002"]
 
 
-def test_blue_serves_v1_and_green_is_kept_stopped(host):
+def test_green_serves_v2_and_blue_is_kept_stopped(host):
     active = state(host)["active"]
-    assert {key: active[key] for key in ("color", "release")} == {"color": "blue", "release": "v1"}
-    assert containers(host, "demo-blue") == {"backend": "running", "worker": "running", "frontend": "running"}
-    assert containers(host, "demo-green") == {"backend": "exited", "worker": "exited", "frontend": "exited"}
+    assert {key: active[key] for key in ("color", "release")} == {"color": "green", "release": "v2"}
+    assert containers(host, "demo-green") == {"backend": "running", "worker": "running", "frontend": "running"}
+    assert containers(host, "demo-blue") == {"backend": "exited", "worker": "exited", "frontend": "exited"}
     for name, blue, green in (("demo_backend", 18010, 18020), ("demo_frontend", 18011, 18021)):
         upstream = host.file(f"/etc/nginx/berth/upstreams/{name}.conf").content_string
         # The placeholder group the nginx role wrote, then one group per color with that color's port.
@@ -84,9 +84,9 @@ def test_blue_serves_v1_and_green_is_kept_stopped(host):
             f"upstream {name}__green {{",
             f"server 127.0.0.1:{green} max_fails=0;",
         ]
-        # The blue marker sends the upstream to its blue group; no green one overrides it.
-        assert host.file(f"/etc/nginx/berth/upstreams/{name}.blue").is_file
-        assert not host.file(f"/etc/nginx/berth/upstreams/{name}.green").exists
+        # The green marker sends the upstream to its green group; no blue one is left beside it.
+        assert host.file(f"/etc/nginx/berth/upstreams/{name}.green").is_file
+        assert not host.file(f"/etc/nginx/berth/upstreams/{name}.blue").exists
 
 
 def addresses(host, container, name):
@@ -102,30 +102,31 @@ def network_address(host, container, network):
 
 
 def test_a_service_name_resolves_only_within_its_color_while_both_colors_run(host):
-    """As during a rollout: green's backend (v2) runs beside live blue. Blue's frontend must reach blue's
-    backend alone as `backend`, green's backend its own, and the data service from both colors."""
-    host.check_output("docker start demo-green-backend-1")
+    """As during a rollout: blue's backend (v1) runs beside live green. Green's frontend must reach green's
+    backend alone as `backend`, blue's backend its own, and the data service from both colors."""
+    host.check_output("docker start demo-blue-backend-1")
     try:
         blue = network_address(host, "demo-blue-backend-1", "berth-demo-blue")
         green = network_address(host, "demo-green-backend-1", "berth-demo-green")
         assert blue and green and blue != green
-        assert addresses(host, "demo-blue-frontend-1", "backend") == {blue}
-        assert addresses(host, "demo-green-backend-1", "backend") == {green}
-        assert addresses(host, "demo-blue-frontend-1", "demo-db") == {
-            network_address(host, "demo-data-db-1", "berth-demo-blue")
-        }
-        assert addresses(host, "demo-green-backend-1", "demo-db") == {
+        assert addresses(host, "demo-green-frontend-1", "backend") == {green}
+        assert addresses(host, "demo-blue-backend-1", "backend") == {blue}
+        assert addresses(host, "demo-green-frontend-1", "demo-db") == {
             network_address(host, "demo-data-db-1", "berth-demo-green")
         }
+        assert addresses(host, "demo-blue-backend-1", "demo-db") == {
+            network_address(host, "demo-data-db-1", "berth-demo-blue")
+        }
     finally:
-        host.check_output("docker stop demo-green-backend-1")
-    assert containers(host, "demo-green")["backend"] == "exited"
+        host.check_output("docker stop demo-blue-backend-1")
+    assert containers(host, "demo-blue")["backend"] == "exited"
 
 
 def test_history_records_each_release_once_with_its_color_and_image_ids(host):
     releases = state(host)["releases"]
-    # v3 failed its gate, so it was never recorded; v1 and v2 were deployed again and moved to the front.
-    assert [(item["release"], item["color"]) for item in releases] == [("v1", "blue"), ("v2", "green")]
+    # v3 failed its gate, so it was never recorded; v1 (the rollback) and v2 were deployed again and moved
+    # to the front.
+    assert [(item["release"], item["color"]) for item in releases] == [("v2", "green"), ("v1", "blue")]
     for item in releases:
         assert item["images"]["backend"]["image"] == f"berth/demo-backend:{item['release']}"
         assert item["images"]["backend"]["image_id"].startswith("sha256:")
