@@ -49,7 +49,7 @@ def test_a_held_lock_refuses_after_the_timeout_and_a_waiting_deploy_takes_it_onc
     argv, env = role_tasks_command(run_dir(tmp_path, "waiting"), "lock.yml", lock_variables(tmp_path, "v1", 120))
     log = tmp_path / "waiting.log"
     with log.open("w") as out:
-        waiting = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True)  # noqa: S603
+        waiting = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, text=True)
     try:
         # Released only once the waiting deploy has found the lock held and started retrying.
         deadline = time.monotonic() + 120
@@ -58,9 +58,8 @@ def test_a_held_lock_refuses_after_the_timeout_and_a_waiting_deploy_takes_it_onc
             time.sleep(0.5)
         assert "FAILED - RETRYING" in log.read_text()
         assert owner(tmp_path)["purpose"] == "deploy of release v2"
-        released = run_role_tasks(
-            run_dir(tmp_path, "release"), "unlock.yml", {**lock_variables(tmp_path, "v2", 2), "__compose_app_lock_held": True}
-        )
+        held = {**lock_variables(tmp_path, "v2", 2), "__compose_app_lock_held": True}
+        released = run_role_tasks(run_dir(tmp_path, "release"), "unlock.yml", held)
         assert released.returncode == 0, released.stdout[-3000:]
         assert waiting.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
