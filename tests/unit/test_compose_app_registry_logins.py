@@ -48,7 +48,7 @@ def registry(tmp_path_factory):
     """host:port of a docker-registry that wants a login, holding one tiny image pushed by the test."""
     root = tmp_path_factory.mktemp("registry")
     subprocess.run(["apt-get", "download", "docker-registry"], cwd=root, check=True, capture_output=True, timeout=300)
-    deb = next(root.glob("docker-registry_*.deb"))
+    (deb,) = root.glob("docker-registry_*.deb")
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "pkg")], check=True)
     (root / "htpasswd").write_text(bcrypt_line(USER, PASSWORD))
     address = f"127.0.0.1:{free_port()}"
@@ -68,7 +68,7 @@ def registry(tmp_path_factory):
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(50):
+        for _attempt in range(50):
             try:
                 urllib.request.urlopen(f"http://{address}/v2/", timeout=2)
             except urllib.error.HTTPError as error:

@@ -48,7 +48,7 @@ def test_b_five_workers_all_consume_jobs(host):
     """60 jobs, one every 0.1 s: each idle worker polls every 0.5 s, so all five take some."""
     psql(host, "DELETE FROM jobs WHERE payload = 'seed-workers'")
     ids = []
-    for _ in range(60):
+    for _job in range(60):
         ids.append(get(host, "orders.test", "/api/jobs", "POST", {"payload": "seed-workers"})["id"])
         time.sleep(0.1)
     deadline = time.monotonic() + 20
