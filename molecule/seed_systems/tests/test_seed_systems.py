@@ -1,0 +1,135 @@
+"""Systems B and C after seed_systems' side effects, checked from outside: B serves v1 again (the
+rollback) on its managed PostgreSQL over verify-full, C serves its second git SHA. Each system's
+defining checks from issue 12."""
+
+import json
+import time
+
+import pytest
+
+REGISTRY = "127.0.0.1:5000"
+REGISTRY_SECRETS = ["seed-Regi5try-only", "ZGVwbG95ZXI6c2VlZC1SZWdpNXRyeS1vbmx5"]  # the password, base64(user:password)
+
+
+def get(host, site, path, method="GET", body=None):
+    data = f"-X {method} -H 'Content-Type: application/json' -d '{json.dumps(body)}'" if body is not None else ""
+    return json.loads(
+        host.check_output(f"curl -sS --fail --max-time 5 {data} -H 'Host: {site}' http://127.0.0.1{path}")
+    )
+
+
+def color(host, app):
+    return json.loads(host.file(f"/srv/berth/{app}/state.json").content_string)["active"]["color"]
+
+
+def psql(host, sql):
+    return host.check_output(f'docker exec seed-managed-pg psql -At -U orders -d orders -c "{sql}"')
+
+
+# System B: an API x3 and workers x5 on a managed PostgreSQL, secrets as files.
+def test_b_serves_the_previous_tag_again_connected_to_the_managed_database(host):
+    assert get(host, "orders.test", "/api/health") == {"status": "ok", "database": "connected", "version": "v1"}
+
+
+def test_b_has_three_api_replicas_each_serving(host):
+    base = {"blue": 18110, "green": 18120}[color(host, "orders")]
+    for port in range(base, base + 3):
+        health = json.loads(host.check_output(f"curl -sS --fail --max-time 5 http://127.0.0.1:{port}/api/health"))
+        assert health == {"status": "ok", "database": "connected", "version": "v1"}, port
+    running = host.check_output(
+        "docker ps -q --filter label=com.docker.compose.project=orders-%s"
+        " --filter label=com.docker.compose.service=backend",
+        color(host, "orders"),
+    )
+    assert len(running.split()) == 3
+
+
+def test_b_five_workers_all_consume_jobs(host):
+    """60 jobs, one every 0.1 s: each idle worker polls every 0.5 s, so all five take some."""
+    psql(host, "DELETE FROM jobs WHERE payload = 'seed-workers'")
+    ids = []
+    for _job in range(60):
+        ids.append(get(host, "orders.test", "/api/jobs", "POST", {"payload": "seed-workers"})["id"])
+        time.sleep(0.1)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if int(psql(host, "SELECT count(*) FROM jobs WHERE payload = 'seed-workers' AND status = 'done'")) == len(ids):
+            break
+        time.sleep(0.5)
+    workers = psql(host, "SELECT DISTINCT processed_by FROM jobs WHERE payload = 'seed-workers'").split()
+    assert len(workers) == 5, workers
+    assert all(worker.endswith("@v1") for worker in workers), workers
+
+
+def test_b_app_connections_and_migrations_use_tls_verified_against_the_ca(host):
+    sessions = (
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE client_addr IS NOT NULL AND ssl"
+    )
+    # 3 API replicas with a pool of 8 and 5 workers, all over TLS: pg_hba has hostssl lines only.
+    assert int(psql(host, sessions)) >= 3 * 8 + 5
+    assert psql(host, sessions.replace("AND ssl", "AND NOT ssl")) == "0"
+    assert psql(host, "SELECT count(*) FROM pg_hba_file_rules WHERE type = 'host'") == "0"
+    # Both migrations applied by safe_migration over verify-full from the host.
+    assert psql(host, "SELECT count(*) FROM berth_schema_history") == "2"
+
+
+def test_b_has_no_data_services_and_its_pre_migration_dump_is_0600(host):
+    assert host.check_output("docker ps -a --filter label=com.docker.compose.project=orders-data -q") == ""
+    dumps = host.check_output("find /srv/berth/orders/backups -type f -printf '%m %u %f\\n'").splitlines()
+    assert dumps, "no pre-migration dump"
+    assert all(line.startswith("600 root ") for line in dumps), dumps
+
+
+@pytest.mark.parametrize(
+    ("service", "name", "content"),
+    [
+        ("backend", "jwt_secret", "orders-jwt-secret-only-in-tests"),
+        ("worker", "jwt_secret", "orders-jwt-secret-only-in-tests"),
+    ],
+)
+def test_b_secret_files_are_the_services_own_read_only_0400(host, service, name, content):
+    container = f"orders-{color(host, 'orders')}-{service}-1"
+    assert host.check_output(f"docker exec {container} stat -c '%a %u' /run/secrets/{name}") == "400 10001"
+    assert host.check_output(f"docker exec {container} cat /run/secrets/{name}") == content
+    assert host.check_output(f"docker exec {container} printenv JWT_SECRET_FILE") == f"/run/secrets/{name}"
+
+
+# System C: an ordered release from a private registry, tagged by git SHA.
+def test_c_serves_the_second_sha_through_nginx(host):
+    assert get(host, "studio.test", "/api/health")["version"] == "v2"
+    state = json.loads(host.file("/srv/berth/studio/state.json").content_string)
+    assert state["active"]["release"] == "8d0e4b7"
+
+
+def test_c_backend_calls_the_ai_service_by_name_within_its_color(host):
+    live = color(host, "studio")
+    answer = host.check_output(
+        f"docker exec studio-{live}-backend-1 python3 -c "
+        "\"import urllib.request as r; print(r.urlopen('http://ai:8000/api/health', timeout=5).read().decode())\""
+    )
+    assert json.loads(answer)["version"] == "v2"
+    ai_address = host.check_output(
+        "docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' %s",
+        f"studio-{live}-ai-1",
+    )
+    assert host.check_output(f"docker exec studio-{live}-backend-1 getent ahostsv4 ai").split()[0] == ai_address
+
+
+def test_c_the_registry_refuses_a_pull_without_a_login(host):
+    pulled = host.run(f"docker pull {REGISTRY}/studio/ai:8d0e4b7")
+    assert pulled.rc != 0
+    assert "no basic auth credentials" in pulled.stderr
+
+
+def test_c_no_registry_credentials_stay_on_the_host(host):
+    assert not host.file("/root/.docker/config.json").exists
+    assert host.check_output("find /run /tmp -maxdepth 1 -name 'berth-studio-registry.*'") == ""
+    # A canary holding the base64 form proves the search reads files and finds that form; it finds nothing else.
+    host.check_output(f"printf '%s' {REGISTRY_SECRETS[1]} > /root/seed-canary")
+    try:
+        holders = host.run(
+            "grep -rlsF " + " ".join(f"-e {secret}" for secret in REGISTRY_SECRETS) + " /run /root /srv/berth /etc /tmp"
+        )
+    finally:
+        host.check_output("rm -f /root/seed-canary")
+    assert holders.stdout.split() == ["/root/seed-canary"]
