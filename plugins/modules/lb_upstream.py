@@ -13,14 +13,14 @@ description:
   - Writes C(<upstreams_dir>/<name>.conf) on an nginx load balancer (the berth.stack.nginx role's upstream
     directory, whose site proxies to the upstream O(name)) with one C(server) line per app host's front door,
     balanced with O(balance) and passive health checks (O(max_fails) within O(fail_timeout)).
-  - The servers named in O(down) stay listed but are marked C(down): new requests no longer reach them, while
+  - The servers named in O(down) stay listed but are marked C(down). New requests no longer reach them, while
     requests in flight there finish. That is how a fleet deploy drains a host before its rollout.
   - A change is written aside and renamed into place (nginx never reads half a file), checked with
     O(test_command) and applied with O(reload_command), a graceful reload. When the test or the reload fails,
     the previous file comes back (and nginx is reloaded onto it) before the module fails.
   - After a change with servers down and O(drain_timeout) above 0, it waits until this host holds no
-    established TCP connection to a down server (C(ss)), at most O(drain_timeout) seconds: the old nginx
-    workers keep connections only while they finish requests.
+    established TCP connection to a down server (C(ss)), at most O(drain_timeout) seconds (the old nginx
+    workers keep connections only while they finish requests).
   - Nothing changes when the file already has the wanted content (no test, no reload, no wait).
 author:
   - berth.stack maintainers
@@ -197,8 +197,9 @@ def apply(module, path, before, content, run):
             upstreams.restore(path, before)
             if step == "reload":
                 run(module.params["reload_command"])
+            why = (err or out).strip()
             module.fail_json(
-                msg=f"{' '.join(argv)} failed with the new {path} ({(err or out).strip()}); the previous file was put back",
+                msg=f"{' '.join(argv)} failed with the new {path} ({why}); the previous file was put back",
                 path=path,
                 rc=rc,
             )

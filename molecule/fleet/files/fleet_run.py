@@ -47,9 +47,11 @@ for play in document["plays"]:
                         "timings": result.get("timings"),
                     }
                 )
-            elif name.startswith("Drain "):
+            elif name.startswith("Mark this host at each load balancer"):
                 summary["drains"].setdefault(host, []).extend(
-                    {"lb": item["__compose_app_fleet_lb"], **item.get("drain", {})} for item in result.get("results", [])
+                    {"lb": item["__compose_app_fleet_lb"], **item["drain"]}
+                    for item in result.get("results", [])
+                    if "drain" in item
                 )
             elif name == "Fail with what failed and which host serves which release":
                 summary["failure"] = result.get("msg")

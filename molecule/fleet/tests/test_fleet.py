@@ -63,7 +63,7 @@ def test_the_load_balancer_answers_from_both_app_hosts(host):
         "        seen.add(response.headers['X-Berth-Host'])\n"
         "print(' '.join(sorted(seen)))\n"
     )
-    assert host.check_output(f"python3 -c \"{script}\"").split() == ["fleet-app1", "fleet-app2"]
+    assert host.check_output(f'python3 -c "{script}"').split() == ["fleet-app1", "fleet-app2"]
 
 
 def test_no_fleet_lock_is_left(host):
