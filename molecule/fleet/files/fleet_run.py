@@ -32,7 +32,8 @@ summary = {
 }
 for play in document["plays"]:
     for task in play["tasks"]:
-        name = task["task"]["name"]
+        # Without the "<role> : " that names a role's task.
+        name = task["task"]["name"].split(" : ", 1)[-1]
         for host, result in task["hosts"].items():
             if result.get("skipped"):
                 continue
