@@ -1,8 +1,8 @@
 """Run one fleet deploy (ansible-playbook with the arguments given) with the ansible.posix.json callback
 and print what the scenario asserts on, read from the task results, never from the text of the run: the
 exit code, the closing failure message, the hosts the migration step ran on, each host's rollout
-(release, changed, timings), each drain (load balancer, seconds, connections left) and the changed
-count per host."""
+(release, changed, timings), each drain (load balancer, seconds, connections left), the changed
+count per host and when each play started and ended."""
 
 import json
 import os
@@ -29,8 +29,11 @@ summary = {
     "rollouts": {},
     "drains": {},
     "changed": {host: stats.get("changed", 0) for host, stats in document["stats"].items()},
+    "plays": [],
 }
 for play in document["plays"]:
+    duration = play["play"].get("duration", {})
+    summary["plays"].append([play["play"]["name"], duration.get("start"), duration.get("end")])
     for task in play["tasks"]:
         # Without the "<role> : " that names a role's task.
         name = task["task"]["name"].split(" : ", 1)[-1]

@@ -1,5 +1,5 @@
-"""The fleet after its scenario, checked from outside. side_effect.yml ends with fleet-app1 and the
-worker on v3 (v4 was reverted on both), fleet-app2 on v2 (v3 and v4 failed their gate there)."""
+"""The fleet after its scenario, checked from outside. side_effect.yml ends with fleet-1-app and the
+worker on v3 (v4 was reverted on both), fleet-3-app on v2 (v3 and v4 failed their gate there)."""
 
 import json
 
@@ -20,14 +20,14 @@ def active_release(host):
 
 
 def test_the_worker_only_host_runs_no_nginx_and_listens_on_no_web_port(host):
-    only(host, "fleet-worker")
+    only(host, "fleet-2-worker")
     assert not host.package("nginx").is_installed
     assert not host.socket("tcp://0.0.0.0:80").is_listening
     assert not host.socket("tcp://0.0.0.0:443").is_listening
 
 
 def test_the_worker_only_host_runs_the_worker_of_its_last_release(host):
-    only(host, "fleet-worker")
+    only(host, "fleet-2-worker")
     assert active_release(host) == "v3"
     images = host.check_output(
         "docker ps --filter label=com.docker.compose.service=worker --filter status=running --format '{{.Image}}'"
@@ -35,7 +35,7 @@ def test_the_worker_only_host_runs_the_worker_of_its_last_release(host):
     assert images.split() == ["berth/demo-worker:v3"]
 
 
-@pytest.mark.parametrize(("app_host", "release"), [("fleet-app1", "v3"), ("fleet-app2", "v2")])
+@pytest.mark.parametrize(("app_host", "release"), [("fleet-1-app", "v3"), ("fleet-3-app", "v2")])
 def test_each_app_host_serves_the_release_the_failed_deploys_left_it(host, app_host, release):
     only(host, app_host)
     assert active_release(host) == release
@@ -62,7 +62,7 @@ def test_the_load_balancer_answers_from_both_app_hosts(host):
         "        seen.add(response.headers['X-Berth-Host'])\n"
         "print(' '.join(sorted(seen)))\n"
     )
-    assert host.check_output(f'python3 -c "{script}"').split() == ["fleet-app1", "fleet-app2"]
+    assert host.check_output(f'python3 -c "{script}"').split() == ["fleet-1-app", "fleet-3-app"]
 
 
 def test_no_fleet_lock_is_left(host):
