@@ -128,3 +128,52 @@ def test_nginx_accepts_the_rendered_file(tmp_path: Path):
         check=False,
     )
     assert test.returncode == 0, test.stderr
+
+
+class Failed(Exception):
+    pass
+
+
+class FakeModule:
+    """What apply() uses of AnsibleModule: its parameters and fail_json (raising, as exiting would)."""
+
+    def __init__(self):
+        self.params = {"test_command": ["nginx", "-t", "-q"], "reload_command": ["systemctl", "reload", "nginx"]}
+
+    def fail_json(self, **result):
+        raise Failed(result["msg"])
+
+
+@pytest.mark.parametrize(
+    ("failing", "commands"),
+    [
+        ("nginx -t -q", [["nginx", "-t", "-q"]]),
+        (
+            "systemctl reload nginx",
+            [["nginx", "-t", "-q"], ["systemctl", "reload", "nginx"], ["systemctl", "reload", "nginx"]],
+        ),
+    ],
+)
+def test_a_refused_change_puts_the_previous_file_back(tmp_path: Path, failing, commands):
+    path = tmp_path / "shop_fleet.conf"
+    path.write_text("previous\n")
+    seen = []
+
+    def run(argv):
+        seen.append(argv)
+        # nginx tests and loads the new file; the reload after a failed one loads the previous file again.
+        assert path.read_text() == ("new\n" if len(seen) < 3 else "previous\n")
+        return (1, "", "refused") if " ".join(argv) == failing and len(seen) < 3 else (0, "", "")
+
+    with pytest.raises(Failed, match=f"{failing} failed with the new .*refused.*previous file was put back"):
+        lb_upstream.apply(FakeModule(), str(path), "previous\n", "new\n", run)
+    assert path.read_text() == "previous\n"
+    assert seen == commands
+    assert [entry.name for entry in tmp_path.iterdir()] == ["shop_fleet.conf"]
+
+
+def test_a_change_to_a_new_file_that_nginx_refuses_leaves_no_file(tmp_path: Path):
+    path = tmp_path / "shop_fleet.conf"
+    with pytest.raises(Failed):
+        lb_upstream.apply(FakeModule(), str(path), None, "new\n", lambda _argv: (1, "", "refused"))
+    assert not path.exists()
