@@ -23,7 +23,7 @@ description:
     workers keep connections only while they finish requests).
   - Nothing changes when the file already has the wanted content (no test, no reload, no wait).
 author:
-  - berth.stack maintainers
+  - berth.stack maintainers (@berth-stack)
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
