@@ -200,3 +200,69 @@ def set_markers(changes):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# A load balancer's upstream (berth.stack.lb_upstream): the app hosts' front doors, not colors.
+BALANCE_METHODS = ("least_conn", "round_robin", "ip_hash", "random")
+_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]*$")
+_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)?$")
+
+
+def server_key(server):
+    """``address:port`` of a load balancer's server (the name ``down`` and the results use)."""
+    return f"{server['address']}:{server['port']}"
+
+
+def balanced_upstream_errors(params):
+    """Every problem of a load balancer upstream's parameters, as ``option=value: why``."""
+    errors = []
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", params["name"] or ""):
+        errors.append(f"name={params['name']!r}: letters, digits, _ . - only (an nginx upstream name and a file name)")
+    if not params["servers"]:
+        errors.append("servers=[]: an upstream needs at least one server")
+    keys = [server_key(server) for server in params["servers"]]
+    for server in params["servers"]:
+        if not _ADDRESS.match(str(server["address"])):
+            errors.append(f"servers.address={server['address']!r}: a host name or an IP address, nothing else")
+        if not 0 < server["port"] < 65536:
+            errors.append(f"servers.port={server['port']!r}: must be 1-65535")
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        errors.append(f"servers: {', '.join(duplicates)} listed more than once")
+    unknown = sorted(set(params["down"]) - set(keys))
+    if unknown:
+        errors.append(f"down={unknown!r}: not among the servers ({', '.join(keys)})")
+    if keys and not set(keys) - set(params["down"]):
+        errors.append(f"down={sorted(params['down'])!r}: every server would be down, nothing would serve")
+    if params["max_fails"] < 0:
+        errors.append(f"max_fails={params['max_fails']}: must be at least 0 (0 turns the passive checks off)")
+    if not _DURATION.match(str(params["fail_timeout"])):
+        errors.append(f"fail_timeout={params['fail_timeout']!r}: an nginx time such as 10s or 500ms")
+    if params["keepalive"] < 0:
+        errors.append(f"keepalive={params['keepalive']}: must be at least 0 (0 leaves it off)")
+    if params["drain_timeout"] < 0:
+        errors.append(f"drain_timeout={params['drain_timeout']}: must be at least 0")
+    return errors
+
+
+def render_balanced_upstream(params, comment):
+    """The upstream file of a load balancer: one ``server`` line per front door, ``down`` for the drained
+    ones (nginx keeps their place, so ``least_conn`` and ``ip_hash`` keep their state for the others)."""
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines.append(f"upstream {params['name']} {{")
+    if params["balance"] != "round_robin":
+        lines.append(f"    {params['balance']};")
+    for server in params["servers"]:
+        options = [f"max_fails={params['max_fails']}", f"fail_timeout={params['fail_timeout']}"]
+        if server_key(server) in params["down"]:
+            options.append("down")
+        lines.append(f"    server {server_key(server)} {' '.join(options)};")
+    if params["keepalive"]:
+        lines.append(f"    keepalive {params['keepalive']};")
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def down_servers(content):
+    """The ``address:port`` of every server an upstream file marks ``down``."""
+    return sorted(re.findall(r"^\s*server\s+(\S+)\s[^;\n]*\bdown\b[^;\n]*;", content or "", re.MULTILINE))

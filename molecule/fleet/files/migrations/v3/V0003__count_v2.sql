@@ -1,0 +1,1 @@
+INSERT INTO fleet_migration_runs (release) VALUES ('v2');
