@@ -72,7 +72,8 @@ options:
       container_port:
         description:
           - Port the service listens on inside the container (1-65535).
-          - A service with a container port is behind nginx, with the default O(services[].upstream).
+          - A service with a container port is behind nginx, with the default O(services[].upstream), unless
+            O(services[].behind_nginx=false).
         type: int
       replicas:
         description: Containers of the service per color; the compose file should use C(deploy.replicas).
@@ -103,6 +104,14 @@ options:
           - When unset and O(services[].container_port) is set, C(<app>_<name>) with every character outside
             C([a-z0-9_]) as C(_). When both are unset the service is not behind nginx.
         type: str
+      behind_nginx:
+        description:
+          - V(false) for an internal HTTP service that other services call by name and nginx never routes to. It
+            gets no upstream file, needs no site, and its O(services[].probes) run directly on its
+            O(services[].ports) only; its O(services[].container_port) is the port those host ports map to.
+          - With V(false), O(services[].upstream) must stay unset.
+        type: bool
+        default: true
       health_timeout:
         description:
           - Seconds to wait for the service's containers to be running and C(healthy), the boot grace included.

@@ -72,6 +72,7 @@ SERVICE_SPEC = {
         "options": {"blue": {"type": "int", "required": True}, "green": {"type": "int", "required": True}},
     },
     "upstream": {"type": "str"},
+    "behind_nginx": {"type": "bool", "default": True},
     "health_timeout": {"type": "float", "default": 120},
     "boot_grace": {"type": "float", "default": 0},
     "probes": {"type": "list", "elements": "dict", "default": [], "options": PROBE_SPEC},
@@ -141,12 +142,21 @@ def secret_files(services):
     return files
 
 
+def implied_upstream(app, service):
+    """The nginx upstream a service is served by: its own, else the default one when it listens on a
+    container_port and is behind nginx; None for a worker or an internal service (behind_nginx false)."""
+    if service.get("upstream") or service.get("behind_nginx") is False:
+        return service.get("upstream")
+    if service.get("container_port") is not None and isinstance(service.get("name"), str):
+        return default_upstream(app, service["name"])
+    return None
+
+
 def with_defaults(app, service):
     """A service as the rollout uses it: the argument spec's defaults, and the default upstream when
-    the service listens on a container_port but names no upstream."""
+    the service listens on a container_port behind nginx but names no upstream."""
     validated = dict(ArgumentSpecValidator(SERVICE_SPEC).validate(dict(service)).validated_parameters)
-    if not validated.get("upstream") and validated.get("container_port") is not None:
-        validated["upstream"] = default_upstream(app, validated["name"])
+    validated["upstream"] = implied_upstream(app, validated)
     return validated
 
 
@@ -327,9 +337,12 @@ def service_errors(app, services, variable="services"):
         if needs_ports and not service.get("ports"):
             errors.append(f"{where}.ports: required (blue and green host ports) with {', '.join(needs_ports)}")
         errors += _host_port_errors(where, service, taken)
-        upstream = service.get("upstream")
-        if upstream is None and service.get("container_port") is not None and isinstance(service.get("name"), str):
-            upstream = default_upstream(app, service["name"])
+        upstream = implied_upstream(app, service)
+        if upstream is not None and service.get("behind_nginx") is False:
+            errors.append(
+                f"{where}.upstream={upstream!r}: a service with behind_nginx false has no upstream "
+                "(drop one of the two)"
+            )
         if isinstance(upstream, str):
             if not UPSTREAM_NAME.match(upstream):
                 errors.append(f"{where}.upstream={upstream!r}: must match {UPSTREAM_NAME.pattern}")

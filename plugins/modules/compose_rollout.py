@@ -34,8 +34,8 @@ description:
     C(switch_check). The probes then run again
     through nginx, and a failure there moves the markers back (no reload either). When the markers cannot be
     moved back, the new color keeps running and is recorded, because nginx still routes to it. An app with no
-    service behind nginx (no O(services[].upstream), workers only) leaves nginx untouched, with no test, no
-    reload and no probes through nginx.
+    service behind nginx (no O(services[].upstream), as with workers and internal services with
+    O(services[].behind_nginx=false)) leaves nginx untouched, with no test, no reload and no probes through nginx.
   - A probe fails fast, after O(services[].probes[].failures) failures in a row (failures inside the service's
     O(services[].boot_grace) do not count), or at once when a container of the service stopped. Right before the
     switch every service is checked once more (running, healthy, one answer to each probe on its own ports).

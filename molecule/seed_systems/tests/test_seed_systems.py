@@ -115,6 +115,14 @@ def test_c_backend_calls_the_ai_service_by_name_within_its_color(host):
     assert host.check_output(f"docker exec studio-{live}-backend-1 getent ahostsv4 ai").split()[0] == ai_address
 
 
+def test_c_the_ai_service_answers_on_its_own_port_and_nginx_has_no_upstream_for_it(host):
+    port = {"blue": 18213, "green": 18223}[color(host, "studio")]
+    health = json.loads(host.check_output(f"curl -sS --fail --max-time 5 http://127.0.0.1:{port}/api/health"))
+    assert health["version"] == "v2"
+    assert not host.file("/etc/nginx/berth/upstreams/studio_ai.conf").exists
+    assert "studio_ai" not in host.check_output("nginx -T 2>/dev/null")
+
+
 def test_c_the_registry_refuses_a_pull_without_a_login(host):
     pulled = host.run(f"docker pull {REGISTRY}/studio/ai:8d0e4b7")
     assert pulled.rc != 0

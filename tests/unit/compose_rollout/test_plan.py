@@ -3,6 +3,7 @@
 import pytest
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
+from ansible_collections.berth.stack.plugins.module_utils import _rollout_apply as applying
 from ansible_collections.berth.stack.plugins.module_utils import _rollout_plan as planning
 
 UPSTREAMS = "/etc/nginx/berth/upstreams"
@@ -246,6 +247,18 @@ def test_workers_only_leave_nginx_untouched():
         "watch demo-blue for 30 s; switch back at a failure",
         "record r2 as active in /srv/berth/demo/state.json",
     ]
+
+
+def test_an_internal_service_is_gated_on_its_ports_and_leaves_nginx_untouched():
+    ai = {"name": "ai", "container_port": 8000, "ports": {"blue": 18212, "green": 18222}, "behind_nginx": False}
+    ai["probes"] = [{"path": "/api/health"}]
+    plan = planning.plan_rollout(params(services=[ai]), observed(files={}, compose=["ai"]))
+    assert plan["upstreams"] == []
+    assert "no service behind nginx: nginx untouched" in plan["steps"]
+    assert not any(item.startswith("probe through nginx") for item in plan["steps"])
+    assert planning.upstream_paths(planning.listed_services(params(services=[ai])), UPSTREAMS) == []
+    assert applying.nginx_probes(plan) == []
+    assert applying.direct_urls(plan, plan["services"][0], ai["probes"][0]) == ["http://127.0.0.1:18212/api/health"]
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,16 @@ def test_with_defaults_fills_the_spec_and_the_default_upstream():
     assert model.with_defaults("demo", backend(upstream="own_name"))["upstream"] == "own_name"
 
 
+def test_an_internal_service_listens_on_its_ports_but_has_no_upstream():
+    internal = backend(name="ai", ports={"blue": 18030, "green": 18040}, behind_nginx=False, probes=[{"path": "/"}])
+    service = model.with_defaults("demo", internal)
+    assert (service["upstream"], service["container_port"]) == (None, 8000)
+    assert model.service_ports(service, "green") == [18040]
+    assert model.with_defaults("demo", backend())["behind_nginx"] is True
+    # Its default upstream name stays free for another service.
+    assert model.service_errors("demo", [internal, backend(upstream="demo_ai")]) == []
+
+
 def test_valid_services_have_no_errors():
     services = [backend(probes=[{"path": "/api/health", "expect": "status == 'ok'"}]), WORKER]
     assert model.service_errors("demo", services) == []
@@ -129,6 +139,11 @@ def test_valid_services_have_no_errors():
             [backend(), backend(name="api", ports={"blue": 18030, "green": 18040}, upstream="demo_backend")],
             "services[api].upstream='demo_backend': used by two services",
         ),
+        (
+            [backend(upstream="demo_api", behind_nginx=False)],
+            "services[backend].upstream='demo_api': a service with behind_nginx false has no upstream",
+        ),
+        ([backend(behind_nginx="maybe")], "services[backend]: argument 'behind_nginx' is of type"),
         ([backend(probes=[{"path": "health"}])], "services[backend].probes[0].path='health': must start with /"),
         (
             [backend(probes=[{"path": "/", "successes": 0}])],
@@ -145,7 +160,7 @@ def test_valid_services_have_no_errors():
         ([backend(image="UPPER/x")], "services[backend].image='UPPER/x': not an image reference"),
         (
             [backend(nginx_path="/api")],
-            "services[backend]: unknown key nginx_path (known: boot_grace, command, container_port",
+            "services[backend]: unknown key nginx_path (known: behind_nginx, boot_grace, command, container_port",
         ),
         ([backend(probes=[{"path": "/", "nginx": "/"}])], "services[backend]: unknown key probes.nginx (known:"),
         ([backend(replicas="two")], "services[backend]: argument 'replicas' is of type str"),
