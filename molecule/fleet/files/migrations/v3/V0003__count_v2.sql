@@ -1,1 +1,1 @@
-INSERT INTO fleet_migration_runs (release) VALUES ('v2');
+../v2/V0003__count_v2.sql
