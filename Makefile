@@ -53,9 +53,12 @@ unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the
 
 # make test splits the unit tests between its lanes: the compose_rollout module tests (real engine,
 # nginx and a request loop) in one, every other unit test in the other.
-unit-rollout: venv ## The compose_rollout module tests alone (tests/unit/compose_rollout)
+# Two pytest-xdist workers, a test file each at a time: most of a rollout test is waiting for containers to
+# become healthy, so two side by side take little more than one. Each worker has its own app, network and
+# ports (tests/unit/compose_rollout/conftest.py).
+unit-rollout: venv ## The compose_rollout module tests alone (tests/unit/compose_rollout), two workers
 	$(UNIT_PREPARE)
-	pytest -p no:cacheprovider tests/unit/compose_rollout
+	pytest -p no:cacheprovider -n 2 --dist loadfile tests/unit/compose_rollout
 
 unit-other: venv ## Every unit test but the compose_rollout module tests
 	$(UNIT_PREPARE)

@@ -1,7 +1,9 @@
 """Real parts for compose_rollout's tests: the Docker engine with the demo images, PostgreSQL in a
 container, and an nginx started from the test with its own prefix on 127.0.0.1 high ports.
 
-Everything is named crtest-* (containers, projects, network) and removed at the end.
+Everything is named crtest-* (containers, projects, network) and removed at the end. Under pytest-xdist
+each worker has an app of its own: gw0 is crtest on ports 18200-18299, gw1 crtest1 on 18300-18399, and so
+on, so two workers roll out side by side without meeting.
 """
 
 import copy
@@ -24,17 +26,28 @@ from ansible_collections.berth.stack.plugins.module_utils._rollout_apply import 
 REPO = Path(__file__).resolve().parents[3]
 MIGRATIONS = REPO / "tests" / "fixtures" / "demo-app" / "migrations"
 PSQL = "/usr/lib/postgresql/15/bin/psql"
-APP = "crtest"
-NETWORK = "crtest-net"
-NGINX_PORT = 18250
-PLACEHOLDER_PORT = 18251
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+APP = "crtest" if WORKER == 0 else f"crtest{WORKER}"
+
+
+def port(number):
+    """``number`` (in 18200-18299) moved to this worker's block of ports."""
+    return number + 100 * WORKER
+
+
+NETWORK = f"{APP}-net"
+NGINX_PORT = port(18250)
+PLACEHOLDER_PORT = port(18251)
 # The same site over TLS, as the nginx role serves a site with a certificate: its name and its port.
 TLS_NAME = "crtest.example.test"
-NGINX_TLS_PORT = 18252
-DATABASE_PORT = 18260
-PORTS = {"backend": {"blue": 18210, "green": 18220}, "frontend": {"blue": 18211, "green": 18221}}
+NGINX_TLS_PORT = port(18252)
+DATABASE_PORT = port(18260)
+PORTS = {
+    "backend": {"blue": port(18210), "green": port(18220)},
+    "frontend": {"blue": port(18211), "green": port(18221)},
+}
 API = f"http://127.0.0.1:{NGINX_PORT}/api/health"
-UPSTREAMS = ("crtest_backend", "crtest_frontend")
+BACKEND_UPSTREAM, FRONTEND_UPSTREAM = UPSTREAMS = (f"{APP}_backend", f"{APP}_frontend")
 # Known states a test can ask for: the releases rolled out in this order, the last one serving.
 BASELINES = {
     "r1": [("r1", "v1", "blue")],
@@ -96,7 +109,7 @@ def database(demo_images, tmp_path_factory):
                         "image": "berth/demo-postgres:latest",
                         "environment": {"POSTGRES_USER": "demo", "POSTGRES_PASSWORD": "crtest", "POSTGRES_DB": "demo"},
                         "ports": [f"127.0.0.1:{DATABASE_PORT}:5432"],
-                        "networks": {"app": {"aliases": ["crtest-db"]}},
+                        "networks": {"app": {"aliases": [f"{APP}-db"]}},
                     }
                 },
                 "networks": {"app": {"external": True, "name": NETWORK}},
@@ -158,11 +171,17 @@ class Nginx:
         self.base = ["nginx", "-p", str(prefix), "-c", str(self.conf), "-e", str(prefix / "error.log")]
 
     def reload(self):
-        """Reload, and wait until the old worker has exited: until then it may still take a new connection
-        and answer it from the previous configuration."""
+        """Reload, and wait until the old worker has exited and a new one runs: until then the old one may
+        still take a new connection and answer it from the previous configuration. (The signal is handled
+        later than `nginx -s reload` returns: counting workers right after it may still see the old one.)"""
         master = (self.prefix / "nginx.pid").read_text().strip()
+
+        def workers():
+            return set(sh("pgrep", "-P", master, check=False).stdout.split())
+
+        old = workers()
         sh(*self.reload_command)
-        assert wait_for(lambda: len(sh("pgrep", "-P", master, check=False).stdout.split()) == 1, timeout=30)
+        assert wait_for(lambda: (now := workers()) and not now & old, timeout=30)
 
     def restart(self):
         """Stop nginx (fast shutdown: every connection closed), wait until it is gone, start it again."""
@@ -206,7 +225,7 @@ class Nginx:
     def standard_groups(self):
         """Whether each upstream file holds both colors' groups with the fixture's ports, one replica each:
         a rollout of the fixture's services then changes no file, so it switches with no reload."""
-        for name, service in (("crtest_backend", "backend"), ("crtest_frontend", "frontend")):
+        for name, service in zip(UPSTREAMS, ("backend", "frontend"), strict=True):
             path = self.upstreams / f"{name}.conf"
             blocks = upstreams.upstream_blocks(path.read_text() if path.exists() else "")
             for color in upstreams.MARKER_ORDER:
@@ -251,9 +270,9 @@ http {{
         {self.selectors()}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        location /api/ {{ proxy_pass http://$berth_upstream_crtest_backend; }}
+        location /api/ {{ proxy_pass http://$berth_upstream_{BACKEND_UPSTREAM}; }}
         location /missing/ {{ return 404; }}
-        location / {{ proxy_pass http://$berth_upstream_crtest_frontend; }}
+        location / {{ proxy_pass http://$berth_upstream_{FRONTEND_UPSTREAM}; }}
     }}
     server {{
         listen 127.0.0.1:{NGINX_TLS_PORT} ssl;
@@ -264,8 +283,8 @@ http {{
         {self.selectors()}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
-        location /api/ {{ proxy_pass http://$berth_upstream_crtest_backend; }}
-        location / {{ proxy_pass http://$berth_upstream_crtest_frontend; }}
+        location /api/ {{ proxy_pass http://$berth_upstream_{BACKEND_UPSTREAM}; }}
+        location / {{ proxy_pass http://$berth_upstream_{FRONTEND_UPSTREAM}; }}
     }}
 }}
 """
@@ -378,9 +397,18 @@ class KeepAliveLoop:
         )
 
 
+def stop_stale_nginx():
+    """Stop the nginx an earlier run of this worker left behind (a run killed before its clean-up): it would
+    hold this worker's ports, and the new nginx could not start."""
+    pattern = f"nginx -p /tmp/pytest-of-[^ ]*/nginx-{APP}-[0-9]+ "
+    if sh("pkill", "--full", "--", pattern, check=False).returncode == 0:
+        assert wait_for(lambda: sh("pgrep", "--full", "--", pattern, check=False).returncode == 1, timeout=10)
+
+
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory):
-    nginx = Nginx(tmp_path_factory.mktemp("nginx"))
+    stop_stale_nginx()
+    nginx = Nginx(tmp_path_factory.mktemp(f"nginx-{APP}-"))
     nginx.write_config()
     sh(*nginx.base)
     yield nginx
@@ -389,7 +417,7 @@ def nginx(tmp_path_factory):
 
 def compose_file(version, overrides=None):
     """The release's compose file, as compose_app renders it: ports from BERTH_PORT_*, the shared network."""
-    database = {"PGHOST": "crtest-db", "PGUSER": "demo", "PGPASSWORD": "crtest", "PGDATABASE": "demo"}
+    database = {"PGHOST": f"{APP}-db", "PGUSER": "demo", "PGPASSWORD": "crtest", "PGDATABASE": "demo"}
     services = {
         "backend": {
             "image": f"berth/demo-backend:{version}",
@@ -428,7 +456,7 @@ SERVICES = [
     {
         "name": "backend",
         "ports": PORTS["backend"],
-        "upstream": "crtest_backend",
+        "upstream": BACKEND_UPSTREAM,
         "health_timeout": 30,
         "probes": [
             {
@@ -444,7 +472,7 @@ SERVICES = [
     {
         "name": "frontend",
         "ports": PORTS["frontend"],
-        "upstream": "crtest_frontend",
+        "upstream": FRONTEND_UPSTREAM,
         "health_timeout": 30,
         "probes": [{"path": "/healthz", "nginx_path": "/", "successes": 2, "interval": 0.2, "timeout": 4}],
     },
@@ -568,7 +596,7 @@ def reset_app(rollout, nginx, workdir):
         for color in ("blue", "green"):
             sh("docker", "compose", "--project-name", f"{APP}-{color}", "down", "--timeout", "2", check=False)
         nginx.write_placeholders()
-        sh(*nginx.reload_command)
+        nginx.reload()
         (workdir / "state" / "state.json").unlink(missing_ok=True)
         assert wait_for(lambda: http_get(API)[0] == 503)
 
@@ -595,7 +623,7 @@ def baseline(rollout, release, nginx, state_file, reset_app):
         ]:
             return False
         running = container_states(f"{APP}-{color}")
-        ports = nginx.serving_ports("crtest_backend")
+        ports = nginx.serving_ports(BACKEND_UPSTREAM)
         served = http_get(API)
         return (
             nginx.standard_groups()

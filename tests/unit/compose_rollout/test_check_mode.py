@@ -3,7 +3,7 @@ scenario proved through nested ``ansible-playbook --check`` runs, asserted here 
 on the bytes of state.json and the upstream files, and on the containers themselves."""
 
 import pytest
-from conftest import APP, PORTS, container_snapshot
+from conftest import APP, NGINX_PORT, PORTS, container_snapshot
 
 COLORS = ("blue", "green")
 
@@ -46,23 +46,23 @@ def test_check_mode_of_a_new_release_returns_the_plan_and_changes_nothing(
     assert not result.get("failed"), result.get("msg")
     assert result["changed"] is True
     assert (result["color"], result["previous"]) == ("green", {"color": "blue", "release": "r1"})
-    backend, frontend = (str(nginx.upstreams / f"crtest_{name}.conf") for name in ("backend", "frontend"))
+    backend, frontend = (str(nginx.upstreams / f"{APP}_{name}.conf") for name in ("backend", "frontend"))
     assert result["plan"] == {
         "color": "green",
         "project": f"{APP}-green",
         "order": ["backend", "worker", "frontend"],
         "upstreams": [
             {
-                "name": "crtest_backend",
-                "group": "crtest_backend__green",
+                "name": f"{APP}_backend",
+                "group": f"{APP}_backend__green",
                 "path": backend,
                 "ports": [PORTS["backend"]["green"]],
                 "changed": False,
                 "switch": True,
             },
             {
-                "name": "crtest_frontend",
-                "group": "crtest_frontend__green",
+                "name": f"{APP}_frontend",
+                "group": f"{APP}_frontend__green",
                 "path": frontend,
                 "ports": [PORTS["frontend"]["green"]],
                 "changed": False,
@@ -72,8 +72,8 @@ def test_check_mode_of_a_new_release_returns_the_plan_and_changes_nothing(
         "steps": [
             "upstream groups unchanged, no reload (nginx -t, nginx -T)",
             f"start and gate {APP}-green: backend, worker, frontend",
-            "switch crtest_backend, crtest_frontend to green by the color markers (nginx -T, rename; no reload)",
-            "probe through nginx at http://127.0.0.1:18250",
+            f"switch {APP}_backend, {APP}_frontend to green by the color markers (nginx -T, rename; no reload)",
+            f"probe through nginx at http://127.0.0.1:{NGINX_PORT}",
             f"watch {APP}-green for 2 s, {APP}-blue kept running; switch back at a failure",
             f"record r30 as active in {workdir / 'state' / 'state.json'}",
             f"drain (at least 1 s after the switch), then stop {APP}-blue",
@@ -86,14 +86,14 @@ def test_check_mode_of_a_new_release_returns_the_plan_and_changes_nothing(
     # The diff shows the markers that move: the blue ones go, green ones appear.
     diff = {item["before_header"]: item for item in result["diff"]}
     assert sorted(diff) == sorted(
-        str(nginx.upstreams / f"crtest_{name}.{color}")
+        str(nginx.upstreams / f"{APP}_{name}.{color}")
         for name in ("backend", "frontend")
         for color in ("blue", "green")
     )
-    blue = diff[str(nginx.upstreams / "crtest_backend.blue")]
-    assert (blue["before"], blue["after"]) == (before["upstreams"]["crtest_backend.blue"].decode(), "")
-    green = diff[str(nginx.upstreams / "crtest_backend.green")]
-    assert green["before"] == "" and "crtest_backend__green" in green["after"]
+    blue = diff[str(nginx.upstreams / f"{APP}_backend.blue")]
+    assert (blue["before"], blue["after"]) == (before["upstreams"][f"{APP}_backend.blue"].decode(), "")
+    green = diff[str(nginx.upstreams / f"{APP}_backend.green")]
+    assert green["before"] == "" and f"{APP}_backend__green" in green["after"]
     assert host() == before
 
 
@@ -103,7 +103,7 @@ def test_diff_mode_shows_the_marker_switch_and_history_beyond_keep_releases_is_p
     baseline("r2", exact=True)
     markers = [
         nginx.upstreams / f"{name}.{color}"
-        for name in ("crtest_backend", "crtest_frontend")
+        for name in (f"{APP}_backend", f"{APP}_frontend")
         for color in ("blue", "green")
     ]
     files = {path: path.read_text() if path.exists() else "" for path in markers}

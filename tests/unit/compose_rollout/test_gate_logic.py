@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.berth.stack.plugins.module_utils import _health as health
 from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
 from ansible_collections.berth.stack.plugins.module_utils import _release_state as states
-from conftest import selector_directives, self_signed_certificate
+from conftest import port, selector_directives, self_signed_certificate
 
 
 class FakeClock:
@@ -123,10 +123,10 @@ def answering_server():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 18279), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port(18279)), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield "http://127.0.0.1:18279"
+    yield f"http://127.0.0.1:{port(18279)}"
     server.shutdown()
 
 
@@ -152,7 +152,7 @@ def test_probe_judges_status_and_body(answering_server, path, expression, ok, re
 
 
 def test_probe_reports_a_refused_connection():
-    result = health.probe("http://127.0.0.1:18298/api/health", timeout=2)
+    result = health.probe(f"http://127.0.0.1:{port(18298)}/api/health", timeout=2)
     assert result["ok"] is False
     assert "request failed" in result["reason"]
 
@@ -288,11 +288,11 @@ def tls_server(tmp_path):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certificate, key)
     context.sni_callback = lambda _socket, name, _context: seen.append(("sni", name))
-    server = ThreadingHTTPServer(("127.0.0.1", 18278), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port(18278)), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield {"url": "https://127.0.0.1:18278/health", "certificate": str(certificate), "seen": seen}
+    yield {"url": f"https://127.0.0.1:{port(18278)}/health", "certificate": str(certificate), "seen": seen}
     server.shutdown()
 
 

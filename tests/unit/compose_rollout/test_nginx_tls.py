@@ -3,7 +3,7 @@
 ``tls``. The module connects to 127.0.0.1, sends the site's name as SNI and Host, and verifies nginx's
 certificate for that name against the site's own certificate, which it reads from ``nginx -T``."""
 
-from conftest import NGINX_TLS_PORT, TLS_NAME, served_version
+from conftest import APP, NGINX_TLS_PORT, TLS_NAME, served_version
 
 TLS_URL = f"https://127.0.0.1:{NGINX_TLS_PORT}"
 
@@ -47,12 +47,12 @@ def test_a_name_the_certificate_is_not_for_fails_verification(rollout, release, 
 
 def test_https_to_a_name_no_tls_server_has_is_refused_before_the_reload(rollout, release, nginx, baseline):
     baseline("r1")
-    saved = (nginx.upstreams / "crtest_backend.conf").read_text()
+    saved = (nginx.upstreams / f"{APP}_backend.conf").read_text()
     result = rollout(release("t4", "v2"), "t4", nginx_url=TLS_URL, nginx_host_header="nowhere.example.test")
     assert result["failed"]
     assert "shows no server that listens with ssl and has server_name nowhere.example.test" in result["msg"]
     assert "previous files restored, traffic untouched" in result["msg"]
-    assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
+    assert (nginx.upstreams / f"{APP}_backend.conf").read_text() == saved
     assert served_version() == "v1"
 
 

@@ -13,9 +13,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import REPO
+from conftest import REPO, port
 
-PORT = 18278
+PORT = port(18278)
 
 
 @pytest.fixture(scope="module")

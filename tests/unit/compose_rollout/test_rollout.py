@@ -15,6 +15,7 @@ from conftest import (
     API,
     APP,
     NGINX_PORT,
+    PLACEHOLDER_PORT,
     PORTS,
     KeepAliveLoop,
     container_states,
@@ -70,7 +71,7 @@ def test_a_compose_file_compose_refuses_is_caught_before_anything_runs(rollout, 
     assert result["failed"]
     assert "docker compose config refused" in result["msg"]
     assert container_states(f"{APP}-blue") == {}
-    assert upstream_ports(nginx, "crtest_backend") == [18251]
+    assert upstream_ports(nginx, f"{APP}_backend") == [PLACEHOLDER_PORT]
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +83,12 @@ def first_deploy(rollout, release, nginx, state_file, reset_app):
     seen["after_check"] = {
         "blue": container_states(f"{APP}-blue"),
         "state": state_file(),
-        "backend_ports": upstream_ports(nginx, "crtest_backend"),
+        "backend_ports": upstream_ports(nginx, f"{APP}_backend"),
     }
     seen["result"] = rollout(release("r1", "v1"), "r1")
     seen["version"] = served_version()
     seen["page"] = http_get(PAGE)[1]
-    seen["backend_ports"] = upstream_ports(nginx, "crtest_backend")
+    seen["backend_ports"] = upstream_ports(nginx, f"{APP}_backend")
     seen["blue"] = container_states(f"{APP}-blue")
     seen["state"] = state_file()
     seen["backend"] = inspect_service(f"{APP}-blue", "backend")
@@ -101,16 +102,19 @@ def test_check_mode_on_a_first_deploy_plans_blue_and_changes_nothing(first_deplo
     assert result["plan"]["color"] == "blue"
     assert result["plan"]["order"] == ["backend", "worker", "frontend"]
     assert [(u["name"], u["group"], u["ports"], u["changed"], u["switch"]) for u in result["plan"]["upstreams"]] == [
-        ("crtest_backend", "crtest_backend__blue", [18210], True, True),
-        ("crtest_frontend", "crtest_frontend__blue", [18211], True, True),
+        (f"{APP}_backend", f"{APP}_backend__blue", [PORTS["backend"]["blue"]], True, True),
+        (f"{APP}_frontend", f"{APP}_frontend__blue", [PORTS["frontend"]["blue"]], True, True),
     ]
     diff = {item["after_header"]: item for item in result["diff"]}
-    backend = diff[str(nginx.upstreams / "crtest_backend.conf")]
-    assert "127.0.0.1:18251" in backend["before"]
-    assert "upstream crtest_backend__blue {\n    server 127.0.0.1:18210 max_fails=0;" in backend["after"]
-    marker = diff[str(nginx.upstreams / "crtest_backend.blue")]
-    assert marker["before"] == "" and "crtest_backend__blue" in marker["after"]
-    assert first_deploy["after_check"] == {"blue": {}, "state": None, "backend_ports": [18251]}
+    backend = diff[str(nginx.upstreams / f"{APP}_backend.conf")]
+    assert f"127.0.0.1:{PLACEHOLDER_PORT}" in backend["before"]
+    assert (
+        f"upstream {APP}_backend__blue {{\n    server 127.0.0.1:{PORTS['backend']['blue']} max_fails=0;"
+        in backend["after"]
+    )
+    marker = diff[str(nginx.upstreams / f"{APP}_backend.blue")]
+    assert marker["before"] == "" and f"{APP}_backend__blue" in marker["after"]
+    assert first_deploy["after_check"] == {"blue": {}, "state": None, "backend_ports": [PLACEHOLDER_PORT]}
 
 
 def test_first_deploy_serves_v1_through_nginx(first_deploy):
@@ -177,7 +181,7 @@ def test_rollout_to_v2_under_load_fails_no_request_and_retries_none(rollout, rel
     assert {version for _when, _status, version, *_rest in loop.answers[returned_at:]} == {"v2"}
     assert len(loop.answers) > 50 and len(loop.posts) > 25
     assert result["timings"]["switch"] < 0.05
-    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
+    assert upstream_ports(nginx, f"{APP}_backend") == [PORTS["backend"]["green"]]
     # The old color is stopped, not removed: a rollback starts it again.
     assert container_states(f"{APP}-blue") == {"backend": "exited", "worker": "exited", "frontend": "exited"}
     assert [item["release"] for item in state_file()["releases"]] == ["r2", "r1"]
@@ -187,11 +191,11 @@ def test_the_live_color_survives_an_nginx_restart(nginx, baseline):
     """The markers are files nginx reads at every request: a restarted nginx (or a rebooted host)
     serves the color the last switch chose, not the one its configuration names first."""
     baseline("r2")
-    assert nginx.selected("crtest_backend") == "green"
+    assert nginx.selected(f"{APP}_backend") == "green"
     nginx.restart()
     assert wait_for(lambda: http_get(API)[0] == 200)
     assert served_version() == "v2"
-    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
+    assert upstream_ports(nginx, f"{APP}_backend") == [PORTS["backend"]["green"]]
 
 
 def test_v3_fails_at_the_body_gate_and_v2_keeps_serving(rollout, release, nginx, state_file, baseline):
@@ -210,7 +214,7 @@ def test_v3_fails_at_the_body_gate_and_v2_keeps_serving(rollout, release, nginx,
     assert loop.retried == []
     assert loop.versions == ["v2"]
     assert served_version() == "v2"
-    assert upstream_ports(nginx, "crtest_backend") == [PORTS["backend"]["green"]]
+    assert upstream_ports(nginx, f"{APP}_backend") == [PORTS["backend"]["green"]]
     assert wait_for(lambda: container_states(f"{APP}-blue")["backend"] == "exited")
     assert state_file() == before
 
@@ -230,7 +234,7 @@ def test_a_container_that_dies_fails_the_health_gate_with_its_logs(rollout, rele
 def test_nginx_refusing_the_configuration_restores_the_upstream_files(rollout, release, nginx, state_file, baseline):
     baseline("r2")
     before = state_file()
-    saved = (nginx.upstreams / "crtest_backend.conf").read_text()
+    saved = (nginx.upstreams / f"{APP}_backend.conf").read_text()
     broken = nginx.upstreams / "crtest_zz_broken.conf"
     broken.write_text("upstream crtest_zz_broken { server 127.0.0.1:18297 no_such_parameter; }\n")
     try:
@@ -239,7 +243,7 @@ def test_nginx_refusing_the_configuration_restores_the_upstream_files(rollout, r
         broken.unlink()
     assert result["failed"]
     assert "nginx -t refused the new upstream files, previous files restored" in result["msg"]
-    assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
+    assert (nginx.upstreams / f"{APP}_backend.conf").read_text() == saved
     assert served_version() == "v2"
     assert state_file() == before
 
@@ -247,14 +251,16 @@ def test_nginx_refusing_the_configuration_restores_the_upstream_files(rollout, r
 def test_a_failing_probe_through_nginx_switches_back(rollout, release, nginx, state_file, baseline):
     baseline("r2")
     before = state_file()
-    saved = (nginx.upstreams / "crtest_backend.conf").read_text()
+    saved = (nginx.upstreams / f"{APP}_backend.conf").read_text()
     markers_before = markers(nginx)
     # nginx_url points at the placeholder server, which answers 503 to every probe through it.
-    result = rollout(release("r6", "v1"), "r6", nginx_host_header="crtest.invalid", nginx_url="http://127.0.0.1:18251")
+    result = rollout(
+        release("r6", "v1"), "r6", nginx_host_header="crtest.invalid", nginx_url=f"http://127.0.0.1:{PLACEHOLDER_PORT}"
+    )
     assert result["failed"]
     assert "switched back to the previous upstreams" in result["msg"]
     assert "nginx gate failed for service 'backend'" in result["msg"]
-    assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
+    assert (nginx.upstreams / f"{APP}_backend.conf").read_text() == saved
     assert markers(nginx) == markers_before
     assert served_version() == "v2"
     assert wait_for(lambda: container_states(f"{APP}-blue")["backend"] == "exited")
@@ -286,8 +292,8 @@ def test_bad_nginx_url_is_refused(rollout, release, field, value, message):
 def test_a_recorded_release_id_with_a_changed_compose_file_is_refused(rollout, release, nginx, state_file, baseline):
     baseline("r1")
     before = state_file()
-    saved = (nginx.upstreams / "crtest_backend.conf").read_text()
-    database = {"PGHOST": "crtest-db", "PGUSER": "demo", "PGPASSWORD": "crtest", "PGDATABASE": "demo"}
+    saved = (nginx.upstreams / f"{APP}_backend.conf").read_text()
+    database = {"PGHOST": f"{APP}-db", "PGUSER": "demo", "PGPASSWORD": "crtest", "PGDATABASE": "demo"}
     changed = {"backend": {"environment": {**database, "DEMO_ACCESS_LOG": "1"}}}
     try:
         result = rollout(release("r1", "v1", changed), "r1")
@@ -297,7 +303,7 @@ def test_a_recorded_release_id_with_a_changed_compose_file_is_refused(rollout, r
     assert "release='r1' is recorded in" in result["msg"]
     assert "a recorded release is never changed; deploy the change under a new release id" in result["msg"]
     assert state_file() == before
-    assert (nginx.upstreams / "crtest_backend.conf").read_text() == saved
+    assert (nginx.upstreams / f"{APP}_backend.conf").read_text() == saved
     assert served_version() == "v1"
 
 
@@ -324,13 +330,13 @@ def test_replicas_get_consecutive_ports_and_all_join_the_upstream(rollout, relea
     serving(avoid=("r7",))
     two_frontends = {"frontend": {"deploy": {"replicas": 2}}}
     services = [
-        {"name": "backend", "ports": PORTS["backend"], "upstream": "crtest_backend"},
+        {"name": "backend", "ports": PORTS["backend"], "upstream": f"{APP}_backend"},
         {"name": "worker"},
         {
             "name": "frontend",
             "ports": PORTS["frontend"],
             "replicas": 2,
-            "upstream": "crtest_frontend",
+            "upstream": f"{APP}_frontend",
             "probes": [{"path": "/healthz", "successes": 1, "interval": 0.2, "timeout": 4}],
         },
     ]
@@ -339,8 +345,8 @@ def test_replicas_get_consecutive_ports_and_all_join_the_upstream(rollout, relea
     result = rollout(release("r7", "v2", two_frontends), "r7", services=services)
     assert not result.get("failed"), result.get("msg")
     assert result["color"] == color
-    assert upstream_ports(nginx, "crtest_frontend") == [first, first + 1]
+    assert upstream_ports(nginx, f"{APP}_frontend") == [first, first + 1]
     probed = [gate["url"] for gate in result["gates"] if gate["gate"] == "http" and gate["service"] == "frontend"]
     assert probed == [f"http://127.0.0.1:{first}/healthz", f"http://127.0.0.1:{first + 1}/healthz"]
-    for port in (first, first + 1):
-        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    for replica_port in (first, first + 1):
+        assert http_get(f"http://127.0.0.1:{replica_port}/healthz")[0] == 200

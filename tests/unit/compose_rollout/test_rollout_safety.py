@@ -26,6 +26,7 @@ from conftest import (
     container_states,
     http_get,
     module_args,
+    port,
     served_version,
     wait_for,
 )
@@ -38,7 +39,7 @@ def other(color):
 
 
 def backend_port(nginx):
-    return nginx.serving_ports("crtest_backend")[0]
+    return nginx.serving_ports(f"{APP}_backend")[0]
 
 
 # Each service's HEALTHCHECK every second, with a generous timeout: the gates pass within a few
@@ -240,7 +241,7 @@ def alive(pid):
 
 def test_the_client_loop_counts_an_outage():
     """The loop's measure can fail: against a port where nothing listens every answer is a failure."""
-    with KeepAliveLoop(port=18276, max_requests=20, max_seconds=5) as loop:
+    with KeepAliveLoop(port=port(18276), max_requests=20, max_seconds=5) as loop:
         time.sleep(0.3)
     assert len(loop.failed) == len(loop.answers) > 0
-    assert http_get("http://127.0.0.1:18276/")[0] is None
+    assert http_get(f"http://127.0.0.1:{port(18276)}/")[0] is None

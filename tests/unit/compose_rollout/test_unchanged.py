@@ -10,7 +10,7 @@ import pytest
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.berth.stack.plugins.module_utils import _rollout_apply as rollout_apply
 from ansible_collections.berth.stack.plugins.module_utils import _rollout_plan as planning
-from conftest import APP, module_args, sh, wait_for
+from conftest import APP, PORTS, module_args, port, sh, wait_for
 
 # What `docker inspect` says of a container that serves: healthy, or running without a HEALTHCHECK.
 HEALTHY = ("healthy", "running")
@@ -112,16 +112,16 @@ def test_a_held_lock_or_a_missing_data_service_has_something_to_do(recorded, ask
 
 
 def test_an_upstream_file_or_marker_that_points_elsewhere_has_something_to_do(recorded, ask, nginx):
-    path = nginx.upstreams / "crtest_frontend.conf"
+    path = nginx.upstreams / f"{APP}_frontend.conf"
     content = path.read_text()
-    path.write_text(content.replace("127.0.0.1:18211", "127.0.0.1:18219"))
+    path.write_text(content.replace(f"127.0.0.1:{PORTS['frontend']['blue']}", f"127.0.0.1:{port(18219)}"))
     try:
         changed = ask(fingerprint="f1")
     finally:
         path.write_text(content)
     assert changed["unchanged"] is False
-    assert changed["unchanged_reason"] == "the upstream files of crtest_frontend do not hold the groups of release r1"
-    marker = nginx.upstreams / "crtest_frontend.blue"
+    assert changed["unchanged_reason"] == f"the upstream files of {APP}_frontend do not hold the groups of release r1"
+    marker = nginx.upstreams / f"{APP}_frontend.blue"
     saved = marker.read_text()
     marker.unlink()
     try:
@@ -130,7 +130,7 @@ def test_an_upstream_file_or_marker_that_points_elsewhere_has_something_to_do(re
         marker.write_text(saved)
     assert switched["unchanged"] is False
     assert switched["unchanged_reason"] == (
-        "the color markers of crtest_frontend do not select color blue of release r1"
+        f"the color markers of {APP}_frontend do not select color blue of release r1"
     )
 
 
