@@ -99,6 +99,8 @@ for host, host_windows in windows.items():
         after = [version for at, version in served if at >= until]
         report["drains"].append(
             {
+                "since": round(since, 2),
+                "until": round(until, 2),
                 "seconds": round(until - since, 2),
                 "answers_inside": len(inside),
                 "answers_inside_by_this_host": len([1 for _at, who in inside if who == host]),
