@@ -34,7 +34,8 @@ def app_variables(tmp_path):
 
 
 def fleet_inventory(tmp_path, load_balancers=True, app2=None):
-    hosts = {name: {"compose_app_fleet_address": f"10.0.0.{n}"} for n, name in enumerate(["app1", "app2", "worker1"], 11)}
+    names = ["app1", "app2", "worker1"]
+    hosts = {name: {"compose_app_fleet_address": f"10.0.0.{n}"} for n, name in enumerate(names, 11)}
     hosts["app2"].update(app2 or {})
     groups = {
         "docker_hosts": {
@@ -123,9 +124,8 @@ def test_a_fleet_run_with_a_limit_that_leaves_out_docker_hosts_is_refused_before
 def test_a_limit_that_keeps_every_docker_host_passes_that_check(tmp_path):
     # Without the load balancer (only delegated to), and with a bad fleet variable that the next check
     # refuses: the run stops there, past the limit's check, still before anything changes.
-    rc, document = run_playbook(
-        tmp_path, "app.yml", fleet_inventory(tmp_path), "--limit", "docker_hosts", "-e", "compose_app_fleet_drain_timeout=-1"
-    )
+    arguments = ["--limit", "docker_hosts", "-e", "compose_app_fleet_drain_timeout=-1"]
+    rc, document = run_playbook(tmp_path, "app.yml", fleet_inventory(tmp_path), *arguments)
     assert rc != 0
     assert task_hosts(document, "The fleet's plays run on every Docker host") == ["app1"]
     assert {(task, message) for task, _host, message in failures(document)} == {
