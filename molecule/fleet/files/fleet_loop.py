@@ -18,7 +18,7 @@ parser.add_argument("--host-header", default="fleet.localhost")
 parser.add_argument("--upstream-file", default="/etc/nginx/berth/upstreams/demo_fleet.conf")
 parser.add_argument("--server", action="append", default=[], help="HOST=ADDRESS:PORT, as the upstream file names it")
 parser.add_argument("--max-requests", type=int, default=60000)
-parser.add_argument("--max-seconds", type=float, default=400)
+parser.add_argument("--max-seconds", type=float, default=900)
 parser.add_argument("--stop-file", default="/run/berth-fleet-loop.stop")
 # A request sent this long after a host was marked down may still reach it: the file is renamed into
 # place before nginx -t and the reload, and the old workers answer until the new ones take over.
@@ -99,6 +99,8 @@ for host, host_windows in windows.items():
         after = [version for at, version in served if at >= until]
         report["drains"].append(
             {
+                "since": round(since, 2),
+                "until": round(until, 2),
                 "seconds": round(until - since, 2),
                 "answers_inside": len(inside),
                 "answers_inside_by_this_host": len([1 for _at, who in inside if who == host]),
