@@ -2,12 +2,14 @@
 --max-requests requests and --max-seconds seconds, or until --stop-file appears. With --post-path,
 every other request is a POST there (a JSON note, answered 201). Prints a JSON summary: how many
 requests failed (another status or no answer), how many were retried on a new connection, how many
-were POSTs, and the versions served, in order."""
+were POSTs, and the versions served, in order. With --tls-ca, it speaks HTTPS, sends the Host
+header's name as SNI and verifies the certificate for it against that CA (a proxy in front of nginx)."""
 
 import argparse
 import http.client
 import json
 import os
+import ssl
 import time
 
 parser = argparse.ArgumentParser()
@@ -20,7 +22,26 @@ parser.add_argument("--max-requests", type=int, default=20000)
 parser.add_argument("--max-seconds", type=float, default=180)
 parser.add_argument("--stop-file", default="/run/berth-request-loop.stop")
 parser.add_argument("--out", default="/run/berth-request-loop.json")
+parser.add_argument("--tls-ca", default="")
 args = parser.parse_args()
+
+
+class NamedTLSConnection(http.client.HTTPSConnection):
+    """HTTPS to --host that sends --host-header as SNI and verifies the certificate for that name."""
+
+    def __init__(self, context):
+        super().__init__(args.host, args.port, timeout=5, context=context)
+        self.tls_context = context
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)
+        self.sock = self.tls_context.wrap_socket(self.sock, server_hostname=args.host_header)
+
+
+def connect():
+    if args.tls_ca:
+        return NamedTLSConnection(ssl.create_default_context(cafile=args.tls_ca))
+    return http.client.HTTPConnection(args.host, args.port, timeout=5)
 
 
 def send(connection, method="GET", path=None):
@@ -30,7 +51,7 @@ def send(connection, method="GET", path=None):
     retried = False
     for reused in (connection is not None, False):
         if connection is None:
-            connection = http.client.HTTPConnection(args.host, args.port, timeout=5)
+            connection = connect()
         try:
             headers = {"Host": args.host_header}
             body = None

@@ -1,6 +1,8 @@
-"""Systems B and C after seed_systems' side effects, checked from outside: B serves v1 again (the
-rollback) on its managed PostgreSQL over verify-full, C serves its second git SHA. Each system's
-defining checks from issue 12."""
+"""Systems B, C, A and D after seed_systems' side effects, checked from outside: B serves v1 again (the
+rollback) on its managed PostgreSQL over verify-full, C serves its second git SHA, A (with D's
+thresholds and metrics on its API) serves v1 again behind the external TLS proxy (v2, then a prune
+and a rollback to the oldest kept release). Each system's defining checks from issue 12 (D's probe
+thresholds are checked on the module's gate records in side_effect.yml)."""
 
 import json
 import time
@@ -141,3 +143,106 @@ def test_c_no_registry_credentials_stay_on_the_host(host):
     finally:
         host.check_output("rm -f /root/seed-canary")
     assert holders.stdout.split() == ["/root/seed-canary"]
+
+
+# System A: a frontend and an API behind the external TLS proxy (seed-edge on 127.0.0.1:8443, which
+# connects to nginx's site on 6666 from 127.0.0.2). CLIENT is a client address of its own on loopback.
+EDGE = "--cacert /etc/seed-edge/ca.pem https://shop.test:8443"
+CLIENT = "127.0.0.23"
+# After side_effect's v1 -> v2, a prune and the rollback to the oldest kept release.
+SHOP = "v1"
+
+
+def through_proxy(host, path, client=CLIENT):
+    return host.check_output(f"curl -sS --fail --max-time 5 --interface {client} {EDGE}{path}")
+
+
+def test_a_routes_root_to_the_frontend_and_api_to_the_backend_without_the_prefix(host):
+    page = through_proxy(host, "/")
+    assert f'<span class="badge" id="frontend-version">{SHOP}</span>' in page
+    echo = json.loads(through_proxy(host, "/api/echo"))
+    assert (echo["path"], echo["version"]) == ("/echo", SHOP)
+    assert json.loads(through_proxy(host, "/api/health")) == {"status": "ok", "database": "connected", "version": SHOP}
+
+
+def test_a_backend_sees_the_real_client_address_and_https_through_the_proxy(host):
+    headers = json.loads(through_proxy(host, "/api/echo"))["headers"]
+    assert headers == {
+        "Host": "shop.test",
+        "X-Real-IP": CLIENT,
+        "X-Forwarded-For": f"{CLIENT}, 127.0.0.2",
+        "X-Forwarded-Proto": "https",
+    }
+
+
+def test_a_forwarding_headers_from_anyone_but_the_proxy_are_replaced(host):
+    forged = "-H 'X-Forwarded-For: 203.0.113.7' -H 'X-Forwarded-Proto: https' -H 'X-Real-IP: 203.0.113.7'"
+    echo = json.loads(
+        host.check_output(
+            f"curl -sS --fail --max-time 5 --interface {CLIENT} {forged} -H 'Host: shop.test' http://127.0.0.1:6666/api/echo"
+        )
+    )
+    assert echo["headers"] == {
+        "Host": "shop.test",
+        "X-Real-IP": CLIENT,
+        "X-Forwarded-For": CLIENT,
+        "X-Forwarded-Proto": "http",
+    }
+
+
+def test_a_site_answers_only_its_own_name_on_its_port(host):
+    status = host.check_output(
+        "curl -sS -o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: orders.test' http://127.0.0.1:6666/api/health"
+    )
+    assert status == "404"
+
+
+@pytest.mark.parametrize(("service", "user"), [("backend", "10001"), ("frontend", "10001")])
+def test_a_app_containers_run_as_their_non_root_user(host, service, user):
+    container = f"shop-{color(host, 'shop')}-{service}-1"
+    assert host.check_output(f"docker exec {container} id -u") == user
+
+
+def test_a_database_runs_postgresql_17_as_postgres(host):
+    assert host.check_output("docker exec shop-data-db-1 id -un") == "postgres"
+    version = host.check_output("docker exec shop-data-db-1 psql -U shop -d shop -qtAc 'SHOW server_version_num'")
+    assert version.startswith("17"), version
+
+
+def test_a_frontend_listens_on_3000_in_its_container(host):
+    port = {"blue": 18311, "green": 18321}[color(host, "shop")]
+    health = json.loads(host.check_output(f"curl -sS --fail --max-time 5 http://127.0.0.1:{port}/healthz"))
+    assert health == {"status": "ok", "version": SHOP}
+    published = host.check_output(f"docker port shop-{color(host, 'shop')}-frontend-1")
+    assert published == f"3000/tcp -> 127.0.0.1:{port}"
+
+
+def test_a_migrations_were_applied_by_the_apps_own_tool(host):
+    def psql(sql):
+        return host.check_output("docker exec shop-data-db-1 psql -U shop -d shop -qtAc %s", sql)
+
+    assert psql("SELECT version FROM demo_schema_migrations ORDER BY 1").split() == ["V0001", "V0002"]
+    # Command mode: the tool keeps its own history; safe_migration's file mode was not used.
+    assert psql("SELECT to_regclass('berth_schema_history') IS NULL") == "t"
+
+
+# System D: /metrics for the operator, not the public.
+@pytest.mark.parametrize(
+    "request_",
+    [
+        f"--interface {CLIENT} {EDGE}/api/metrics",
+        "-H 'Host: shop.test' http://127.0.0.1:6666/api/metrics",
+        "-H 'Host: shop.test' http://127.0.0.1:6666/api/metrics/",
+    ],
+)
+def test_d_metrics_are_refused_through_the_public_site(host, request_):
+    status = host.check_output(f"curl -sS -o /dev/null -w '%{{http_code}}' --max-time 5 {request_}")
+    assert status == "404"
+
+
+def test_d_metrics_answer_at_the_stable_address_from_the_live_color(host):
+    metrics = host.check_output("curl -sS --fail --max-time 5 http://127.0.0.1:8502/upstreams/shop_backend/metrics")
+    assert f'demo_build_info{{version="{SHOP}"}} 1' in metrics.splitlines()
+    port = {"blue": 18310, "green": 18320}[color(host, "shop")]
+    # The same document the live color's API answers on its own port.
+    assert host.check_output(f"curl -sS --fail --max-time 5 http://127.0.0.1:{port}/metrics").startswith("# HELP")
