@@ -71,10 +71,10 @@ molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=con
 
 # `make test` runs these two lanes side by side after prepare (tests/harness/lanes.py); every
 # scenario under molecule/ must be in one of them. Balanced by their measured times: sanity, the
-# compose_rollout module tests, compose_app and seed_systems take about as long as lint, the other unit
-# tests and the other scenarios together.
-LANE_APP := sanity,unit-rollout,molecule:compose_app,molecule:seed_systems
-LANE_HOSTS := lint,unit-other,molecule:docker_host,molecule:nginx,molecule:firewall,molecule:postgres_backup,molecule:fleet
+# compose_rollout module tests (two workers), docker_host, compose_app and seed_systems take about as long
+# as lint, the other unit tests and the other scenarios together.
+LANE_APP := sanity,unit-rollout,molecule:docker_host,molecule:compose_app,molecule:seed_systems
+LANE_HOSTS := lint,unit-other,molecule:nginx,molecule:firewall,molecule:postgres_backup,molecule:fleet
 
 test: ## Everything CI runs: prepare, then two lanes side by side; each lane stops at its first failure
 	@rm -f $(BERTH_STAGE_RECORD)
