@@ -95,14 +95,14 @@ def registry(tmp_path_factory):
         server.wait(timeout=10)
 
 
-def images_step(tmp_path, image, logins):
+def images_step(tmp_path, image, logins, check=False):
     variables = {
         "compose_app_name": APP,
         "compose_app_image_policy": "pull",
         "compose_app_services": [{"name": "web", "image": image}],
         "compose_app_registry_logins": logins,
     }
-    return run_role_tasks(tmp_path, "images.yml", variables)
+    return run_role_tasks(tmp_path, "images.yml", variables, check=check)
 
 
 def image_present(image: str) -> bool:
@@ -163,6 +163,27 @@ def test_a_failed_pull_after_the_login_leaves_no_credentials(tmp_path, registry,
     assert completed.returncode != 0
     assert "Pull the release's images" in completed.stdout
     assert "manifest unknown" in completed.stdout, completed.stdout
+    assert_no_credentials_left(completed)
+
+
+def test_check_mode_logs_in_pulls_nothing_and_leaves_no_credentials(tmp_path, registry, image):
+    """--check asks the registry whether the login is good (the answer a real deploy would get), then
+    reports the pull it would make, makes none, and removes the private login directory as a deploy does."""
+    completed = images_step(tmp_path, image, [{"registry": registry, "username": USER, "password": PASSWORD}], True)
+    assert completed.returncode == 0, completed.stdout
+    assert "TASK [berth.stack.compose_app : Pull the release's images]" in completed.stdout
+    assert f"changed: [localhost] => (item={image})" in completed.stdout, completed.stdout
+    assert not image_present(image)
+    assert_no_credentials_left(completed)
+
+
+def test_check_mode_names_a_wrong_password_and_leaves_no_credentials(tmp_path, registry, image):
+    wrong = PASSWORD + "-wrong"
+    completed = images_step(tmp_path, image, [{"registry": registry, "username": USER, "password": wrong}], True)
+    assert completed.returncode != 0
+    assert f"compose_app_registry_logins: {registry} refused the login" in completed.stdout, completed.stdout
+    assert wrong not in completed.stdout + completed.stderr
+    assert not image_present(image)
     assert_no_credentials_left(completed)
 
 
