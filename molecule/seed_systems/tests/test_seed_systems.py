@@ -13,11 +13,18 @@ REGISTRY = "127.0.0.1:5000"
 REGISTRY_SECRETS = ["seed-Regi5try-only", "ZGVwbG95ZXI6c2VlZC1SZWdpNXRyeS1vbmx5"]  # the password, base64(user:password)
 
 
+# Sites with TLS at berth's nginx (their certificates come from the test CA prepare.yml makes).
+TLS_SITES = {"orders.test"}
+TEST_CA = "/etc/seed-edge/ca.pem"
+
+
 def get(host, site, path, method="GET", body=None):
     data = f"-X {method} -H 'Content-Type: application/json' -d '{json.dumps(body)}'" if body is not None else ""
-    return json.loads(
-        host.check_output(f"curl -sS --fail --max-time 5 {data} -H 'Host: {site}' http://127.0.0.1{path}")
-    )
+    if site in TLS_SITES:
+        url = f"--cacert {TEST_CA} --resolve {site}:443:127.0.0.1 https://{site}{path}"
+    else:
+        url = f"-H 'Host: {site}' http://127.0.0.1{path}"
+    return json.loads(host.check_output(f"curl -sS --fail --max-time 5 {data} {url}"))
 
 
 def color(host, app):
@@ -31,6 +38,19 @@ def psql(host, sql):
 # System B: an API x3 and workers x5 on a managed PostgreSQL, secrets as files.
 def test_b_serves_the_previous_tag_again_connected_to_the_managed_database(host):
     assert get(host, "orders.test", "/api/health") == {"status": "ok", "database": "connected", "version": "v1"}
+
+
+def test_b_is_served_over_tls_at_nginx_and_plain_http_redirects_to_it(host):
+    redirect = host.check_output(
+        "curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' --max-time 5 -H 'Host: orders.test' "
+        "http://127.0.0.1/api/health"
+    )
+    assert redirect == "308 https://orders.test/api/health"
+    issuer = host.check_output(
+        "openssl s_client -connect 127.0.0.1:443 -servername orders.test -verify_return_error "
+        f"-CAfile {TEST_CA} </dev/null 2>/dev/null | openssl x509 -noout -issuer -subject -nameopt RFC2253"
+    )
+    assert issuer.splitlines() == ["issuer=CN=seed edge CA", "subject=CN=orders.test"]
 
 
 def test_b_has_three_api_replicas_each_serving(host):
