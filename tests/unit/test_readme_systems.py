@@ -7,16 +7,14 @@ variable or key the roles do not take, or a value of the wrong type, fails here,
 """
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.berth.stack.plugins.module_utils import _service_model as model
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "plugins" / "module_utils"))
-import _service_model as model  # noqa: E402
 
 SECTION = REPO.joinpath("README.md").read_text().split("## Systems like yours", 1)[1].split("\n## ", 1)[0]
 # Rendered as the inventory would be for a release tagged 3f9c2a1; other templates (secrets) stay as text.
@@ -51,7 +49,7 @@ def test_a_snippet_passes_the_roles_argument_specs_and_the_service_model(snippet
 
 
 def test_a_wrong_key_in_a_snippet_would_fail():
-    """The check above can fail: a misspelt location key and a text port are refused, naming them."""
+    """The check above can fail: a site's port given as text is refused, naming listen_port."""
     nginx = {"nginx_sites": [{"name": "shop", "server_name": ["shop.test"], "listen_port": "six", "locations": []}]}
     errors = " ".join(str(error) for error in ArgumentSpecValidator(options("nginx")).validate(nginx).errors)
     assert "listen_port" in errors
