@@ -77,10 +77,13 @@ LANE_APP := sanity,unit-rollout,molecule:docker_host,molecule:compose_app,molecu
 LANE_HOSTS := lint,unit-other,molecule:nginx,molecule:firewall,molecule:postgres_backup,molecule:fleet
 
 test: ## Everything CI runs: prepare, then two lanes side by side; each lane stops at its first failure
-	@rm -f $(BERTH_STAGE_RECORD)
-	@$(STAGE) prepare $(MAKE) --no-print-directory prepare
-	@rc=0; python3 tests/harness/lanes.py --lane app=$(LANE_APP) --lane hosts=$(LANE_HOSTS) || rc=$$?; \
-	  $(STAGE) --summary; exit $$rc
+	@rm -f $(BERTH_STAGE_RECORD) tests/output/failures.txt
+	@start=$$(date +%s); rc=0; \
+	  $(STAGE) prepare $(MAKE) --no-print-directory prepare || exit $$?; \
+	  python3 tests/harness/lanes.py --lane app=$(LANE_APP) --lane hosts=$(LANE_HOSTS) || rc=$$?; \
+	  printf '  %-28s %9ds (the lanes run side by side: not the sum of the stages)\n' \
+	    "make test, wall time" $$(( $$(date +%s) - start )) >> $(BERTH_STAGE_RECORD); \
+	  $(STAGE) --summary; cat tests/output/failures.txt 2>/dev/null; exit $$rc
 
 demo: prepare ## Provision a local Debian 13 container with deploy.yml and show the result
 	ansible-playbook tests/harness/demo_target.yml

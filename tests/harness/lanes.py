@@ -32,6 +32,8 @@ STAGE = REPO / "tests" / "harness" / "stage.sh"
 APT_CACHE = "/var/cache/berth-test/apt"
 TAIL_LINES = 60
 FAILURE_LINES = 40
+BRIEF_LINES = 8
+BRIEF_WIDTH = 1500
 # pytest's short summary (`FAILED tests/...::test - ...`, `ERROR ...`) and Ansible's failed tasks.
 FAILURE_LINE = re.compile(r"^(FAILED|ERROR) |^(fatal|failed): \[")
 
@@ -148,6 +150,20 @@ def report_failures(threads: list[Lane]) -> None:
             sys.stdout.flush()
 
 
+def write_brief(threads: list[Lane], path: Path) -> None:
+    """failures.txt: per failed lane, its stage and its first failure lines, each cut to BRIEF_WIDTH."""
+    path.unlink(missing_ok=True)
+    brief = []
+    for thread in threads:
+        if thread.failed:
+            brief.append(f"==== what failed: lane {thread.name}, {thread.failed}\n")
+            for line in thread.failure_lines[:BRIEF_LINES] or ["(no FAILED/ERROR/fatal line; see the lane's log)\n"]:
+                line = line.rstrip("\n")
+                brief.append((line[:BRIEF_WIDTH] + " [...]" if len(line) > BRIEF_WIDTH else line) + "\n")
+    if brief:
+        path.write_text("".join(brief))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lane", action="append", required=True, metavar="NAME=STAGE[,STAGE...]")
@@ -173,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n==== lane {thread.name}: full output ({thread.log.relative_to(REPO)})", flush=True)
         sys.stdout.write(thread.log.read_text(errors="replace"))
     report_failures(threads)
+    write_brief(threads, OUTPUT / "failures.txt")
     failed = [f"{thread.name}: {thread.failed}" for thread in threads if thread.failed]
     if failed:
         print(f"\n==== failed: {'; '.join(failed)}", flush=True)

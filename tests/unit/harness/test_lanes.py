@@ -74,6 +74,26 @@ def test_a_failed_stage_stops_its_lane_and_the_other_lane_goes_on(tmp_path, caps
     )
     assert report.endswith("last words of fail-first\n")
     assert "lane b" not in report
+    # The short brief `make test` prints after the stage times.
+    lanes.write_brief(threads, tmp_path / "failures.txt")
+    assert (tmp_path / "failures.txt").read_text() == (
+        "==== what failed: lane a, fail-first\nFAILED tests/unit/test_x.py::test_y - assert 1 == 2\n"
+    )
+
+
+def test_the_brief_cuts_long_lines_and_is_absent_when_nothing_failed(tmp_path):
+    threads, _elapsed, _record = run_lanes(tmp_path, ["a=one"])
+    brief = tmp_path / "failures.txt"
+    brief.write_text("from an older run")
+    lanes.write_brief(threads, brief)
+    assert not brief.exists()
+    threads[0].failed = "one"
+    threads[0].failure_lines = ["fatal: [h]: FAILED! => " + "x" * 5000 + "\n"]
+    lanes.write_brief(threads, brief)
+    lines = brief.read_text().splitlines()
+    assert lines[0] == "==== what failed: lane a, one"
+    assert len(lines[1]) == lanes.BRIEF_WIDTH + len(" [...]")
+    assert lines[1].endswith("x [...]")
 
 
 @pytest.mark.parametrize(
