@@ -266,3 +266,36 @@ def render_balanced_upstream(params, comment):
 def down_servers(content):
     """The ``address:port`` of every server an upstream file marks ``down``."""
     return sorted(re.findall(r"^\s*server\s+(\S+)\s[^;\n]*\bdown\b[^;\n]*;", content or "", re.MULTILINE))
+
+
+WORKER_TITLE = "nginx: worker process"
+
+
+def nginx_workers(master_pid, proc="/proc"):
+    """{pid: title} of the worker processes of the nginx master ``master_pid``, read from ``proc``. A worker
+    that a reload told to quit is titled ``nginx: worker process is shutting down``; it no longer accepts
+    connections but finishes the ones it has."""
+    workers = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, entry, "stat"), encoding="utf-8", errors="replace") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            if parent != master_pid:
+                continue
+            with open(os.path.join(proc, entry, "cmdline"), "rb") as handle:
+                title = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue  # the process exited while it was read
+        if title.startswith(WORKER_TITLE):
+            workers[int(entry)] = title
+    return workers
+
+
+def reload_applied(before, now):
+    """Whether a reload has taken effect: a worker started after it runs, and none of the workers ``before``
+    it (pids) still accepts connections (each has exited or is shutting down). ``now``: nginx_workers()."""
+    started = [pid for pid in now if pid not in before]
+    accepting_old = [pid for pid in before if now.get(pid) == WORKER_TITLE]
+    return bool(started) and not accepting_old

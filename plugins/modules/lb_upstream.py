@@ -18,6 +18,10 @@ description:
   - A change is written aside and renamed into place (nginx never reads half a file), checked with
     O(test_command) and applied with O(reload_command), a graceful reload. When the test or the reload fails,
     the previous file comes back (and nginx is reloaded onto it) before the module fails.
+  - After the reload it waits until nginx has replaced its workers (each worker from before the reload has
+    exited or is shutting down, and a new one runs), at most O(reload_timeout) seconds: until then an old
+    worker still takes new connections and sends them where the previous file said. The module fails when
+    the time runs out.
   - After a change with servers down and O(drain_timeout) above 0, it waits until this host holds no
     established TCP connection to a down server (C(ss)), at most O(drain_timeout) seconds (the old nginx
     workers keep connections only while they finish requests).
@@ -97,6 +101,14 @@ options:
       when they run out the module warns and returns (the connections left are in RV(drain)). 0 does not wait.
     type: float
     default: 0
+  pid_file:
+    description: The nginx master's pid file, to tell its workers from before and after the reload.
+    type: path
+    default: /run/nginx.pid
+  reload_timeout:
+    description: Seconds to wait after the reload until nginx has replaced its workers.
+    type: float
+    default: 30
 notes:
   - The upstream file of O(name) must be one that nginx includes, and a site must proxy to O(name); the
     berth.stack.nginx role writes a placeholder for every upstream its sites name, and leaves an existing file alone.
@@ -134,6 +146,15 @@ servers_down:
   type: list
   elements: str
   sample: [10.0.0.12:80]
+reload:
+  description: The wait after the reload until nginx had replaced its workers.
+  returned: when the module changed the file
+  type: dict
+  contains:
+    seconds:
+      description: How long it waited.
+      type: float
+  sample: {seconds: 0.15}
 drain:
   description: The wait after the reload for the connections to the down servers to end.
   returned: when the module waited (a change, servers down, O(drain_timeout) above 0)
@@ -162,6 +183,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.berth.stack.plugins.module_utils import _nginx_upstream as upstreams
 
 DRAIN_POLL_SECONDS = 0.25
+RELOAD_POLL_SECONDS = 0.05
 
 
 def connections_to(run, servers):
@@ -186,6 +208,26 @@ def wait_drained(count, timeout, clock=time.monotonic, sleep=time.sleep):
         if left == 0 or clock() - started >= timeout:
             return {"seconds": round(clock() - started, 2), "connections": left}
         sleep(DRAIN_POLL_SECONDS)
+
+
+def master_pid(pid_file):
+    """The nginx master's pid from ``pid_file``, or None when it cannot be read."""
+    try:
+        with open(pid_file, encoding="utf-8") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_reloaded(workers, before, timeout, clock=time.monotonic, sleep=time.sleep):
+    """Ask ``workers()`` until the reload took effect (upstreams.reload_applied) or ``timeout`` passed:
+    the seconds it took, or None at the timeout."""
+    started = clock()
+    while not upstreams.reload_applied(before, workers()):
+        if clock() - started >= timeout:
+            return None
+        sleep(RELOAD_POLL_SECONDS)
+    return round(clock() - started, 2)
 
 
 def apply(module, path, before, content, run):
@@ -227,6 +269,8 @@ def main():
             "test_command": {"type": "list", "elements": "str", "default": ["nginx", "-t", "-q"]},
             "reload_command": {"type": "list", "elements": "str", "default": ["systemctl", "reload", "nginx"]},
             "drain_timeout": {"type": "float", "default": 0},
+            "pid_file": {"type": "path", "default": "/run/nginx.pid"},
+            "reload_timeout": {"type": "float", "default": 30},
         },
         supports_check_mode=True,
     )
@@ -257,7 +301,22 @@ def main():
         result["diff"] = {"before": before or "", "after": content, "before_header": path, "after_header": path}
     if not result["changed"] or module.check_mode:
         module.exit_json(**result)
+    master = master_pid(params["pid_file"])
+    if master is None:
+        module.fail_json(msg=f"pid_file={params['pid_file']}: no nginx master pid to read; is nginx running?", **result)
+    workers_before = upstreams.nginx_workers(master)
     apply(module, path, before, content, run)
+    # `systemctl reload` returns when the signal is sent; until the master has replaced its workers, the old
+    # ones take new connections with the previous file (and still send requests to a server now down).
+    result["reload"] = {
+        "seconds": wait_reloaded(lambda: upstreams.nginx_workers(master), workers_before, params["reload_timeout"])
+    }
+    if result["reload"]["seconds"] is None:
+        module.fail_json(
+            msg=f"nginx (master {master}) still had workers from before the reload of {path} after "
+            f"reload_timeout={params['reload_timeout']}s: the new file may not be in effect",
+            **result,
+        )
     if result["servers_down"] and params["drain_timeout"] > 0:
         result["drain"] = wait_drained(lambda: connections_to(run, result["servers_down"]), params["drain_timeout"])
         if result["drain"]["connections"]:

@@ -2,7 +2,11 @@
 against 127.0.0.1 only: at most --max-requests requests and --max-seconds seconds, or until --stop-file
 appears. Each answer names the app host that served it (X-Berth-Host, set by that host's nginx) and the
 release (the JSON body's version). Before every request the loop reads the load balancer's upstream
-file, so it knows when each host was marked down (drained) and up again. Prints a JSON summary."""
+file, so it knows when each host was marked down (drained) and up again, and the titles of nginx's
+processes, so it knows when the reload that applied the mark took effect: the file is renamed into place
+before nginx -t and the reload, and until every worker from before the reload is gone or "shutting down"
+(it then takes no new connection), an old worker may still send a request to the host. A drain's window
+runs from that moment until the host is up again. Prints a JSON summary."""
 
 import argparse
 import http.client
@@ -20,9 +24,6 @@ parser.add_argument("--server", action="append", default=[], help="HOST=ADDRESS:
 parser.add_argument("--max-requests", type=int, default=60000)
 parser.add_argument("--max-seconds", type=float, default=900)
 parser.add_argument("--stop-file", default="/run/berth-fleet-loop.stop")
-# A request sent this long after a host was marked down may still reach it: the file is renamed into
-# place before nginx -t and the reload, and the old workers answer until the new ones take over.
-parser.add_argument("--reload-grace", type=float, default=1.0)
 args = parser.parse_args()
 servers = dict(item.split("=", 1) for item in args.server)
 
@@ -35,6 +36,20 @@ def down_hosts():
         return set()
     down = set(re.findall(r"server ([^ ;]+) [^;]*down;", content))
     return {host for host, address in servers.items() if address in down}
+
+
+def accepting_workers():
+    """The pids of the nginx workers that take new connections (a worker told to quit by a reload retitles
+    itself "nginx: worker process is shutting down")."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if handle.read().rstrip(b"\0 ") == b"nginx: worker process":
+                    pids.add(entry)
+        except OSError:
+            continue
+    return pids
 
 
 def send(connection):
@@ -62,19 +77,26 @@ total = 0
 failures = []
 retried = 0
 answers = []  # (sent at, host, version)
-windows = {host: [] for host in servers}  # host -> [[down since, up again or None], ...]
+# host -> [[down since, up again or None, reload in effect since or None, the workers before the reload]]
+windows = {host: [] for host in servers}
 connection = None
+workers = accepting_workers()
 while (
     total < args.max_requests and time.monotonic() - started < args.max_seconds and not os.path.exists(args.stop_file)
 ):
     now = time.time()
     down = down_hosts()
+    # The workers as they were at the last request: the file was not marked then, so not reloaded either.
+    workers_before, workers = workers, accepting_workers()
     for host in servers:
         open_window = windows[host] and windows[host][-1][1] is None
         if host in down and not open_window:
-            windows[host].append([now, None])
+            windows[host].append([now, None, None, workers_before])
         elif host not in down and open_window:
             windows[host][-1][1] = now
+        for window in windows[host]:
+            if window[2] is None and window[1] is None and workers and not workers & window[3]:
+                window[2] = now
     total += 1
     status, headers, body, connection, was_retried = send(connection)
     retried += was_retried
@@ -92,9 +114,10 @@ for host, host_windows in windows.items():
     for _at, version in served:
         if not report["versions"] or report["versions"][-1] != version:
             report["versions"].append(version)
-    for since, until in host_windows:
+    for since, until, effective, _workers in host_windows:
         until = until or ended
-        inside = [(at, who) for at, who, _version in answers if since + args.reload_grace <= at < until]
+        # No window at all while the reload never took effect: answers_inside stays 0 and the test says so.
+        inside = [(at, who) for at, who, _version in answers if effective is not None and effective <= at < until]
         before = [version for at, version in served if at < since]
         after = [version for at, version in served if at >= until]
         report["drains"].append(
@@ -102,6 +125,7 @@ for host, host_windows in windows.items():
                 "since": round(since, 2),
                 "until": round(until, 2),
                 "seconds": round(until - since, 2),
+                "reload_seconds": None if effective is None else round(effective - since, 2),
                 "answers_inside": len(inside),
                 "answers_inside_by_this_host": len([1 for _at, who in inside if who == host]),
                 "version_before": before[-1] if before else None,

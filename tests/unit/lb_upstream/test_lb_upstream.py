@@ -1,8 +1,13 @@
 """berth.stack.lb_upstream's pure helpers: the upstream file a load balancer gets, the checks of its
 parameters, the drain wait (clock driven by the test), the connection count (``ss`` output given), and
-the rendered file against a real nginx's own configuration test."""
+the rendered file against a real nginx's own configuration test, and the wait for a reload against a real
+nginx master and its workers."""
 
+import http.server
 import subprocess
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -177,3 +182,70 @@ def test_a_change_to_a_new_file_that_nginx_refuses_leaves_no_file(tmp_path: Path
     with pytest.raises(Failed):
         lb_upstream.apply(FakeModule(), str(path), None, "new\n", lambda _argv: (1, "", "refused"))
     assert not path.exists()
+
+
+@pytest.fixture
+def real_nginx(tmp_path: Path):
+    """A real nginx master with two workers on 127.0.0.1:18998, proxying to a slow server on 18997 whose
+    answer takes 3 s, so that a request can be held in flight across a reload."""
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(3)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_args):
+            pass
+
+    slow = http.server.ThreadingHTTPServer(("127.0.0.1", 18997), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nworker_processes 2;\nevents {{}}\n"
+        "http {\n    access_log off;\n"
+        "    server { listen 127.0.0.1:18998; location / { proxy_pass http://127.0.0.1:18997; } }\n}\n"
+    )
+    base = ["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")]
+    subprocess.run(base, check=True)
+    pid_file = tmp_path / "nginx.pid"
+    deadline = time.monotonic() + 10
+    while len(upstreams.nginx_workers(lb_upstream.master_pid(pid_file) or -1)) < 2:
+        assert time.monotonic() < deadline, "nginx started no workers"
+        time.sleep(0.05)
+    yield base, pid_file
+    subprocess.run([*base, "-s", "stop"], check=False)
+    slow.shutdown()
+
+
+def test_the_reload_wait_ends_when_nginx_replaced_its_workers_even_while_an_old_one_finishes_a_request(real_nginx):
+    base, pid_file = real_nginx
+    master = lb_upstream.master_pid(pid_file)
+    before = upstreams.nginx_workers(master)
+    assert sorted(before.values()) == [upstreams.WORKER_TITLE] * 2
+    in_flight = threading.Thread(target=lambda: urllib.request.urlopen("http://127.0.0.1:18998/", timeout=10).read())
+    in_flight.start()
+    time.sleep(0.5)  # the request has reached an old worker and waits for the slow server
+    subprocess.run([*base, "-s", "reload"], check=True)
+    seconds = lb_upstream.wait_reloaded(lambda: upstreams.nginx_workers(master), set(before), 10)
+    now = upstreams.nginx_workers(master)
+    assert seconds is not None and seconds < 2.5
+    # One old worker is still there, finishing the slow request; it takes no new connection.
+    assert [title for pid, title in now.items() if pid in before] == [f"{upstreams.WORKER_TITLE} is shutting down"]
+    assert len([pid for pid in now if pid not in before]) == 2
+    in_flight.join()
+
+
+def test_the_reload_wait_gives_up_when_no_reload_happened(real_nginx):
+    _base, pid_file = real_nginx
+    master = lb_upstream.master_pid(pid_file)
+    before = set(upstreams.nginx_workers(master))
+    assert lb_upstream.wait_reloaded(lambda: upstreams.nginx_workers(master), before, 0.5) is None
+
+
+def test_an_unreadable_pid_file_gives_no_master(tmp_path: Path):
+    assert lb_upstream.master_pid(tmp_path / "absent.pid") is None
+    (tmp_path / "bad.pid").write_text("nginx\n")
+    assert lb_upstream.master_pid(tmp_path / "bad.pid") is None
