@@ -13,9 +13,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles" / "compose_app" / "templates" / "compose.yaml.j2"
+DATA_TEMPLATE = REPO / "roles" / "compose_app" / "templates" / "data-compose.yaml.j2"
 
 
-def render(tmp_path, services, color="blue"):
+def render(tmp_path, services, color="blue", template=TEMPLATE, **role_vars):
     """The compose file's configuration as `docker compose config` reads it for one color."""
     dest = tmp_path / "compose.yaml"
     play = {
@@ -28,8 +29,12 @@ def render(tmp_path, services, color="blue"):
             "compose_app_network": "demo",
             "compose_app_restart_policy": "unless-stopped",
             "compose_app_services": services,
+            "compose_app_data_services": services,
+            "__compose_app_data_dir": str(tmp_path),
+            "compose_app_healthcheck_defaults": {},
+            **role_vars,
         },
-        "tasks": [{"ansible.builtin.template": {"src": str(TEMPLATE), "dest": str(dest), "mode": "0644"}}],
+        "tasks": [{"ansible.builtin.template": {"src": str(template), "dest": str(dest), "mode": "0644"}}],
     }
     playbook = tmp_path / "render.yml"
     playbook.write_text(yaml.safe_dump([play]))
@@ -81,6 +86,24 @@ def test_boot_grace_becomes_the_healthcheck_start_period_unless_the_healthcheck_
     # Without a healthcheck of its own the service gets only the start_period: the image's HEALTHCHECK
     # command stays, with the grace around it.
     assert services["graceonly"]["healthcheck"] == {"start_period": "5s"}
+
+
+def test_the_healthcheck_defaults_go_under_every_services_own_healthcheck(tmp_path):
+    """compose_app_healthcheck_defaults reach every app and data service; a service's own keys and its
+    boot_grace win; a key set nowhere is left to the image's HEALTHCHECK (absent from the file)."""
+    defaults = {"interval": "30s", "start_interval": "500ms", "timeout": "3s", "start_period": "30s"}
+    services = [
+        {"name": "web", "image": "demo/web:v1", "container_port": 8000, "healthcheck": {"interval": "2s"}},
+        {"name": "slow", "image": "demo/web:v1", "container_port": 8000, "boot_grace": 9},
+    ]
+    app = render(tmp_path, services, compose_app_healthcheck_defaults=defaults)["services"]
+    assert app["web"]["healthcheck"] == {**defaults, "interval": "2s"}
+    assert app["slow"]["healthcheck"] == {**defaults, "start_period": "9s"}
+    data = render(tmp_path, services, template=DATA_TEMPLATE, compose_app_healthcheck_defaults=defaults)["services"]
+    assert data["web"]["healthcheck"] == {**defaults, "interval": "2s"}
+    assert data["slow"]["healthcheck"] == defaults
+    # Without defaults, nothing is added: the image's HEALTHCHECK applies as it is.
+    assert "healthcheck" not in render(tmp_path, services[1:], template=DATA_TEMPLATE)["services"]["slow"]
 
 
 def test_each_color_runs_on_its_own_network_only(tmp_path):
