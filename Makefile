@@ -58,11 +58,11 @@ unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the
 # ports (tests/unit/compose_rollout/conftest.py).
 unit-rollout: venv ## The compose_rollout module tests alone (tests/unit/compose_rollout), two workers
 	$(UNIT_PREPARE)
-	pytest -p no:cacheprovider -n 2 --dist loadfile tests/unit/compose_rollout
+	pytest -p no:cacheprovider --durations=15 -n 2 --dist loadfile tests/unit/compose_rollout
 
 unit-other: venv ## Every unit test but the compose_rollout module tests
 	$(UNIT_PREPARE)
-	pytest -p no:cacheprovider tests/unit --ignore=tests/unit/compose_rollout
+	pytest -p no:cacheprovider --durations=15 tests/unit --ignore=tests/unit/compose_rollout
 
 molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=converge|verify|destroy...)
 	@for scenario in $(or $(SCENARIO),$(SCENARIOS)); do \

@@ -19,9 +19,9 @@ description:
     O(test_command) and applied with O(reload_command), a graceful reload. When the test or the reload fails,
     the previous file comes back (and nginx is reloaded onto it) before the module fails.
   - After the reload it waits until nginx has replaced its workers (each worker from before the reload has
-    exited or is shutting down, and a new one runs), at most O(reload_timeout) seconds: until then an old
-    worker still takes new connections and sends them where the previous file said. The module fails when
-    the time runs out.
+    exited or is shutting down, and a new one runs), at most O(reload_timeout) seconds, because until then an
+    old worker still takes new connections and sends them where the previous file said. The module fails
+    when the time runs out.
   - After a change with servers down and O(drain_timeout) above 0, it waits until this host holds no
     established TCP connection to a down server (C(ss)), at most O(drain_timeout) seconds (the old nginx
     workers keep connections only while they finish requests).
