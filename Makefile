@@ -104,7 +104,11 @@ bench-rollout: venv ## Benchmark: failed requests during a naive compose up, a b
 	python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
 	python bench/rollout.py
 
-.PHONY: bench-backup
+.PHONY: bench-backup bench-healthchecks
+bench-healthchecks: venv ## Benchmark: CPU per container and time to healthy of Docker healthcheck settings
+	python3 tests/harness/prepare.py --only engine --only images --only demo-images --only link
+	python bench/healthchecks.py $(if $(CONTAINERS),--containers $(CONTAINERS))
+
 bench-backup: venv ## Benchmark: postgres_backup's verified backup of a ~1 GB database vs a bare pg_dump -Fc
 	python3 tests/harness/prepare.py --only engine --only images --only demo-images --only link
 	python bench/backup.py $(if $(SIZE_MB),--size-mb $(SIZE_MB))

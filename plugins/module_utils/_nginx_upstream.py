@@ -242,6 +242,8 @@ def balanced_upstream_errors(params):
         errors.append(f"keepalive={params['keepalive']}: must be at least 0 (0 leaves it off)")
     if params["drain_timeout"] < 0:
         errors.append(f"drain_timeout={params['drain_timeout']}: must be at least 0")
+    if params["reload_timeout"] <= 0:
+        errors.append(f"reload_timeout={params['reload_timeout']}: must be above 0")
     return errors
 
 

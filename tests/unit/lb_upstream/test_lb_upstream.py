@@ -28,6 +28,7 @@ def params(**changes):
         "fail_timeout": "10s",
         "keepalive": 16,
         "drain_timeout": 30.0,
+        "reload_timeout": 30.0,
     }
     return {**base, **changes}
 
@@ -69,6 +70,7 @@ def test_round_robin_names_no_method_and_keepalive_zero_leaves_it_off():
         ({"fail_timeout": "10 s"}, "fail_timeout='10 s'"),
         ({"keepalive": -2}, "keepalive=-2"),
         ({"drain_timeout": -1.0}, "drain_timeout=-1.0"),
+        ({"reload_timeout": 0.0}, "reload_timeout=0.0: must be above 0"),
     ],
 )
 def test_each_bad_parameter_is_named_with_its_value(changes, message):
