@@ -83,7 +83,7 @@ test: ## Everything CI runs: prepare, then two lanes side by side; each lane sto
 	  python3 tests/harness/lanes.py --lane app=$(LANE_APP) --lane hosts=$(LANE_HOSTS) || rc=$$?; \
 	  printf '  %-28s %9ds (the lanes run side by side: not the sum of the stages)\n' \
 	    "make test, wall time" $$(( $$(date +%s) - start )) >> $(BERTH_STAGE_RECORD); \
-	  $(STAGE) --summary; cat tests/output/failures.txt 2>/dev/null; exit $$rc
+	  $(STAGE) --summary; if [[ -s tests/output/failures.txt ]]; then cat tests/output/failures.txt; fi; exit $$rc
 
 demo: prepare ## Provision a local Debian 13 container with deploy.yml and show the result
 	ansible-playbook tests/harness/demo_target.yml
