@@ -6,7 +6,10 @@ file under tmp_path, which the tests look for.
 - A fleet deploy or rollback with --limit that leaves out a Docker host is refused by its first task,
   naming the hosts left out; a --limit that keeps every Docker host passes that check.
 - Several Docker hosts without a load balancer deploy in one batch with max_fail_percentage 0: one host
-  whose variables are refused stops every host of the batch before any of them goes further."""
+  whose variables are refused stops every host of the batch before any of them goes further.
+- The batch size is a count or a percentage; anything else is refused by name.
+- While another deploy holds the fleet's lock, a deploy is refused naming the holder, and leaves that
+  lock as it found it."""
 
 import json
 import os
@@ -145,3 +148,32 @@ def test_without_load_balancers_one_host_refused_stops_the_batch_before_the_othe
     assert task_hosts(document, first_check) == ["app1", "app2", "worker1"]
     assert task_hosts(document, "The app has services to deploy") == []
     assert nothing_written(tmp_path) == []
+
+
+@pytest.mark.parametrize(("serial", "refused"), [("50%", False), ("2", False), ("half", True), ("0", True)])
+def test_the_batch_size_is_a_count_or_a_percentage(tmp_path, serial, refused):
+    # A bad drain timeout stops every run at the same check, so the run changes nothing either way.
+    arguments = ["-e", f"compose_app_fleet_serial={serial}", "-e", "compose_app_fleet_drain_timeout=-1"]
+    rc, document = run_playbook(tmp_path, "app.yml", fleet_inventory(tmp_path), *arguments)
+    assert rc != 0
+    expected = ["compose_app_fleet_drain_timeout=-1: must be at least 0"]
+    if refused:
+        expected.append(f"compose_app_fleet_serial={serial}: a count above 0 or a percentage such as 50%")
+    assert {(task, message) for task, _host, message in failures(document)} == {
+        ("The fleet's variables are usable", "; ".join(expected))
+    }
+    assert nothing_written(tmp_path) == []
+
+
+def test_a_deploy_is_refused_while_another_holds_the_fleet_lock_and_leaves_that_lock_alone(tmp_path):
+    lock = tmp_path / "fleet-locks" / "demo.lock"
+    lock.mkdir(parents=True)
+    owner = '{"purpose": "deploy of release v7", "controller": "ci-runner-3", "user": "alice"}\n'
+    (lock / "owner").write_text(owner)
+    rc, document = run_playbook(tmp_path, "app.yml", fleet_inventory(tmp_path))
+    assert rc != 0
+    [(task, _host, message)] = failures(document)
+    assert task == "Refuse the deploy while another one holds the fleet's lock"
+    assert message.startswith(f"another deploy of demo across the fleet holds {lock} on lb1 ({owner.strip()}).")
+    assert (lock / "owner").read_text() == owner
+    assert [path.name for path in (tmp_path / "srv", tmp_path / "upstreams") if path.exists()] == []
