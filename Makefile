@@ -70,11 +70,11 @@ molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=con
 	done
 
 # `make test` runs these two lanes side by side after prepare (tests/harness/lanes.py); every
-# scenario under molecule/ must be in one of them. Balanced by their measured times: sanity, the
+# scenario under molecule/ must be in one of them. Balanced by their measured times: lint, sanity, the
 # compose_rollout module tests (two workers), docker_host, compose_app and seed_systems take about as long
-# as lint, the other unit tests and the other scenarios together.
-LANE_APP := sanity,unit-rollout,molecule:docker_host,molecule:compose_app,molecule:seed_systems
-LANE_HOSTS := lint,unit-other,molecule:nginx,molecule:firewall,molecule:postgres_backup,molecule:fleet
+# as the other unit tests and the other scenarios together.
+LANE_APP := lint,sanity,unit-rollout,molecule:docker_host,molecule:compose_app,molecule:seed_systems
+LANE_HOSTS := unit-other,molecule:nginx,molecule:firewall,molecule:postgres_backup,molecule:fleet
 
 test: ## Everything CI runs: prepare, then two lanes side by side; each lane stops at its first failure
 	@rm -f $(BERTH_STAGE_RECORD) tests/output/failures.txt
