@@ -57,3 +57,28 @@ def test_a_wrong_key_in_a_snippet_would_fail():
     assert model.service_errors("shop", services, "compose_app_services") == [
         "compose_app_services[backend].ports: required (blue and green host ports) with container_port, probes"
     ]
+
+
+def redis_settings(services):
+    """The orders worker's Redis settings: its REDIS_* variables and the secret files they name."""
+    worker = next(service for service in services if service["name"] == "worker")
+    environment = {name: value for name, value in worker["environment"].items() if name.startswith("REDIS_")}
+    return environment, sorted(name for name in worker["secret_files"] if name.startswith("redis_"))
+
+
+def test_system_b_workers_take_redis_as_the_scenario_gives_it():
+    """The README's system B (the first snippet) gives the workers Redis as seed_systems' orders workers
+    get it: the same variables and secret files, the server's name the README's own."""
+    scenario = yaml.safe_load((REPO / "molecule" / "seed_systems" / "vars" / "orders.yml").read_text())
+    environment, files = redis_settings(scenario["compose_app_services"])
+    assert (environment, files) == (
+        {
+            "REDIS_URL": "rediss://cache.managed.test:6380/0",
+            "REDIS_CA_FILE": "/run/secrets/redis_ca",
+            "REDIS_PASSWORD_FILE": "/run/secrets/redis_password",
+        },
+        ["redis_ca", "redis_password"],
+    )
+    readme_environment, readme_files = redis_settings(SNIPPETS[0]["compose_app_services"])
+    assert readme_environment == {**environment, "REDIS_URL": "rediss://cache.managed.example.com:6380/0"}
+    assert readme_files == files

@@ -1,8 +1,9 @@
 """Systems B, C, A and D after seed_systems' side effects, checked from outside: B serves v1 again (the
-rollback) on its managed PostgreSQL over verify-full, C serves its second git SHA, A (with D's
-thresholds and metrics on its API) serves v1 again behind the external TLS proxy (v2, then a prune
-and a rollback to the oldest kept release). Each system's defining checks from issue 12 (D's probe
-thresholds are checked on the module's gate records in side_effect.yml)."""
+rollback) on its managed PostgreSQL over verify-full, its workers recording their jobs in a Redis over
+TLS, C serves its second git SHA, A (with D's thresholds and metrics on its API) serves v1 again behind
+the external TLS proxy (v2, then a prune and a rollback to the oldest kept release). Each system's
+defining checks from issue 12 (D's probe thresholds are checked on the module's gate records in
+side_effect.yml)."""
 
 import json
 import time
@@ -33,6 +34,17 @@ def color(host, app):
 
 def psql(host, sql):
     return host.check_output(f'docker exec seed-managed-pg psql -At -U orders -d orders -c "{sql}"')
+
+
+# The managed Redis (prepare.yml), asked with its own redis-cli from inside its container by the name the
+# workers use; the password goes in on stdin from the operator's copy, never on a command line.
+REDIS_CLI = "docker exec -i seed-managed-redis redis-cli -h cache.managed.test -p 6380"
+REDIS_TLS = f"{REDIS_CLI} --tls --cacert /etc/redis/tls/ca.pem"
+REDIS_CA = "/etc/berth/managed-redis/ca.pem"
+
+
+def redis(host, command):
+    return host.check_output(f"{REDIS_TLS} --askpass {command} < /etc/berth/managed-redis/password")
 
 
 # System B: an API x3 and workers x5 on a managed PostgreSQL, secrets as files.
@@ -66,21 +78,39 @@ def test_b_has_three_api_replicas_each_serving(host):
     assert len(running.split()) == 3
 
 
-def test_b_five_workers_all_consume_jobs(host):
-    """60 jobs, one every 0.1 s: each idle worker polls every 0.5 s, so all five take some."""
+def redis_done(host):
+    """The jobs each worker recorded in Redis: HGETALL's field and value lines, as {worker: count}."""
+    lines = redis(host, "HGETALL jobs:done").splitlines()
+    return {worker: int(count) for worker, count in zip(lines[::2], lines[1::2], strict=True)}
+
+
+def test_b_five_workers_all_consume_jobs_and_record_each_in_redis(host):
+    """60 jobs, one every 0.1 s: each idle worker polls every 0.5 s, so all five take some. Each worker
+    records a job in Redis after PostgreSQL has it done: the wait is for both."""
     psql(host, "DELETE FROM jobs WHERE payload = 'seed-workers'")
+    redis(host, "DEL jobs:done")
     ids = []
     for _job in range(60):
         ids.append(get(host, "orders.test", "/api/jobs", "POST", {"payload": "seed-workers"})["id"])
         time.sleep(0.1)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if int(psql(host, "SELECT count(*) FROM jobs WHERE payload = 'seed-workers' AND status = 'done'")) == len(ids):
+        done = int(psql(host, "SELECT count(*) FROM jobs WHERE payload = 'seed-workers' AND status = 'done'"))
+        if done == len(ids) and sum(redis_done(host).values()) == len(ids):
             break
         time.sleep(0.5)
-    workers = psql(host, "SELECT DISTINCT processed_by FROM jobs WHERE payload = 'seed-workers'").split()
-    assert len(workers) == 5, workers
-    assert all(worker.endswith("@v1") for worker in workers), workers
+    counts = psql(host, "SELECT processed_by, count(*) FROM jobs WHERE payload = 'seed-workers' GROUP BY 1")
+    processed_by = {worker: int(count) for worker, count in (line.split("|") for line in counts.splitlines())}
+    # A worker's name is its container's host name (its short ID) and its release.
+    serving = host.check_output(
+        "docker ps -q --filter label=com.docker.compose.project=orders-%s"
+        " --filter label=com.docker.compose.service=worker",
+        color(host, "orders"),
+    )
+    assert sorted(processed_by) == sorted(f"{container}@v1" for container in serving.split())
+    assert len(processed_by) == 5
+    assert sum(processed_by.values()) == len(ids)
+    assert redis_done(host) == processed_by
 
 
 def test_b_app_connections_and_migrations_use_tls_verified_against_the_ca(host):
@@ -102,18 +132,52 @@ def test_b_has_no_data_services_and_its_pre_migration_dump_is_0600(host):
     assert all(line.startswith("600 root ") for line in dumps), dumps
 
 
+def test_b_redis_refuses_plain_connections_and_tls_without_the_password(host):
+    # No plain port (port 0), and the TLS port resets a client that does not speak TLS.
+    plain = host.run(f"{REDIS_CLI.replace('-p 6380', '-p 6379')} PING")
+    assert (plain.rc, plain.stderr.strip()) == (
+        1,
+        "Could not connect to Redis at cache.managed.test:6379: Connection refused",
+    )
+    not_tls = host.run(f"{REDIS_CLI} PING")
+    assert (not_tls.rc, not_tls.stdout, not_tls.stderr.strip()) == (1, "", "Error: Connection reset by peer")
+    assert host.check_output(f"{REDIS_TLS} PING") == "NOAUTH Authentication required."
+    assert redis(host, "PING") == "PONG"
+
+
+def test_b_worker_heartbeat_stands_still_while_redis_does_not_answer(host):
+    """The heartbeat is the worker's health: Redis holds every client's commands for 8 s (CLIENT PAUSE),
+    and the heartbeat, which moves every 0.5 s while both servers answer, stands still, then moves again.
+    One script on the host: the samples' timing does not depend on testinfra's round trips, and the two
+    samples inside the pause have 4.5 s of slack for their docker exec on a loaded machine."""
+    heartbeat = f"docker exec orders-{color(host, 'orders')}-worker-1 stat -c %.3Y /tmp/worker-heartbeat"
+    samples = host.check_output(
+        f"{REDIS_TLS} --askpass CLIENT PAUSE 8000 ALL < /etc/berth/managed-redis/password"
+        f" && sleep 1.5 && {heartbeat} && sleep 2 && {heartbeat} && sleep 6 && {heartbeat}"
+    ).splitlines()
+    assert samples[0] == "OK"
+    paused, still_paused, after = (float(sample) for sample in samples[1:])
+    assert still_paused == paused
+    assert after > paused
+
+
 @pytest.mark.parametrize(
-    ("service", "name", "content"),
+    ("service", "name", "variable", "content"),
     [
-        ("backend", "jwt_secret", "orders-jwt-secret-only-in-tests"),
-        ("worker", "jwt_secret", "orders-jwt-secret-only-in-tests"),
+        ("backend", "jwt_secret", "JWT_SECRET_FILE", "orders-jwt-secret-only-in-tests"),
+        ("worker", "jwt_secret", "JWT_SECRET_FILE", "orders-jwt-secret-only-in-tests"),
+        ("worker", "redis_password", "REDIS_PASSWORD_FILE", "seed-managed-redis-only"),
+        # The CA prepare.yml made for the managed Redis: the file's content is the host's file.
+        ("worker", "redis_ca", "REDIS_CA_FILE", REDIS_CA),
     ],
 )
-def test_b_secret_files_are_the_services_own_read_only_0400(host, service, name, content):
+def test_b_secret_files_are_the_services_own_read_only_0400(host, service, name, variable, content):
     container = f"orders-{color(host, 'orders')}-{service}-1"
+    if content == REDIS_CA:
+        content = host.file(REDIS_CA).content_string.strip()
     assert host.check_output(f"docker exec {container} stat -c '%a %u' /run/secrets/{name}") == "400 10001"
     assert host.check_output(f"docker exec {container} cat /run/secrets/{name}") == content
-    assert host.check_output(f"docker exec {container} printenv JWT_SECRET_FILE") == f"/run/secrets/{name}"
+    assert host.check_output(f"docker exec {container} printenv {variable}") == f"/run/secrets/{name}"
 
 
 # System C: an ordered release from a private registry, tagged by git SHA.
@@ -241,7 +305,9 @@ def test_a_migrations_were_applied_by_the_apps_own_tool(host):
     def psql(sql):
         return host.check_output("docker exec shop-data-db-1 psql -U shop -d shop -qtAc %s", sql)
 
-    assert psql("SELECT version FROM demo_schema_migrations ORDER BY 1").split() == ["V0001", "V0002"]
+    # V0003 is D's expand, from v2's image; the refused contract (V0004) never ran, and a rollback does
+    # not undo a migration.
+    assert psql("SELECT version FROM demo_schema_migrations ORDER BY 1").split() == ["V0001", "V0002", "V0003"]
     # Command mode: the tool keeps its own history; safe_migration's file mode was not used.
     assert psql("SELECT to_regclass('berth_schema_history') IS NULL") == "t"
 
