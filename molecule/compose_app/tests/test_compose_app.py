@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+testinfra_hosts = ["docker://compose_app-debian13"]
+
 HOST_HEADER = "demo.localhost"
 
 

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+testinfra_hosts = ["docker://compose_app-debian13"]
+
 
 def psql(host, sql):
     return host.check_output("docker exec ledger-data-db-1 psql -U ledger -d ledger -qtAc %s", sql)

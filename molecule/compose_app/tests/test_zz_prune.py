@@ -6,6 +6,8 @@ by the releases' keepers, so a rollback to any of them can start."""
 
 import json
 
+testinfra_hosts = ["docker://compose_app-debian13"]
+
 
 def state(host):
     return json.loads(host.file("/srv/berth/demo/state.json").content_string)

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import testinfra
 
-testinfra_hosts = ["ansible://firewall-debian13"]
+testinfra_hosts = ["docker://firewall-debian13"]
 
 HOST_ADDRESS = "10.231.57.2"
 ALLOWED_CLIENT = "10.231.57.11"
 
 
 def client(name):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
+    return testinfra.get_host(f"docker://{name}")
 
 
 def probe(name, *ports):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+testinfra_hosts = ["docker://nginx-debian13", "docker://nginx-debian12"]
+
 NAMES = ["shop.test", "www.shop.test", "docs.test", "staging.test", "plain.test", "temp.test", "unknown.test"]
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",

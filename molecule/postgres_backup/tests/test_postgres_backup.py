@@ -1,13 +1,12 @@
 """What postgres_backup left on the hosts after side_effect.yml, read from the hosts themselves."""
 
 import json
-import os
 import time
 
 import pytest
 import testinfra
 
-testinfra_hosts = ["ansible://postgres_backup-debian13"]
+testinfra_hosts = ["docker://postgres_backup-debian13"]
 
 BACKUPS = "/var/backups/berth/postgres"
 SCRIPT = "/usr/local/libexec/berth/berth-pg-backup"
@@ -32,8 +31,7 @@ GFS_EXPECTED = [
 
 
 def sftp_host():
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return testinfra.get_host(f"ansible://postgres_backup-sftp?ansible_inventory={inventory}")
+    return testinfra.get_host("docker://postgres_backup-sftp")
 
 
 def metrics(host, job):
