@@ -104,6 +104,11 @@ bench-rollout: venv ## Benchmark: failed requests during a naive compose up, a b
 	python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
 	python bench/rollout.py
 
+.PHONY: bench-task-cost
+bench-task-cost: venv ## Benchmark: CPU per Ansible task on a test host, docker CLI vs Docker API, with and without the bytecode cache
+	python3 tests/harness/prepare.py --only engine --only images --only link
+	python bench/task_cost.py $(if $(TASKS),--tasks $(TASKS))
+
 .PHONY: bench-backup bench-healthchecks
 bench-healthchecks: venv ## Benchmark: CPU per container and time to healthy of Docker healthcheck settings
 	python3 tests/harness/prepare.py --only engine --only images --only demo-images --only link
