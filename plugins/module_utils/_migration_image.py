@@ -102,8 +102,15 @@ def image_sql_files(docker: str, image: str, patterns: list, run=default_run) ->
 
 def new_sql_files(docker: str, image: str, previous_image: str | None, patterns: list, run=default_run) -> list:
     """[{source, text}] of the SQL files the image carries that previous_image did not (or had with
-    other content), in path order: what the app's tool is about to apply."""
+    other content), in path order: what the app's tool is about to apply. A pattern that matches no file
+    in the image is refused: the files it was meant to name would reach the tool unreviewed."""
     current = image_sql_files(docker, image, patterns, run)
+    for pattern in patterns:
+        if not any(matches(path, pattern) for path in current):
+            raise ImageError(
+                f"{pattern!r} matches no file in image {image}, so the SQL the tool applies would go unreviewed; "
+                "name where the image keeps its migration files"
+            )
     previous = image_sql_files(docker, previous_image, patterns, run) if previous_image else {}
 
     def digest(text):

@@ -190,6 +190,8 @@ options:
         V(/app/prisma/migrations/*/migration.sql) (prisma), V(/app/drizzle/*.sql) (drizzle) or
         V(/app/migrations/*.up.sql) (golang-migrate). C(*) stays within one directory, C(**) spans several.
       - Allowances are the same comment lines inside those files.
+      - Each glob must match at least one file in O(image); one that matches none is refused before the tool
+        runs, because the files it was meant to name would be applied unreviewed.
     type: list
     elements: str
     default: []

@@ -180,6 +180,20 @@ def test_the_sql_a_tool_prints_is_linted_by_its_output_line(database, images, re
     assert legacy_exists(database)
 
 
+def test_a_pattern_that_matches_no_file_in_the_new_image_is_refused_before_the_tool_runs(
+    database, images, release, run_module
+):
+    """A glob that names the wrong directory reviews nothing: the drop would run unseen. Refused instead."""
+    database.run(INIT)
+    database.run("CREATE TABLE tool_migrations (name text PRIMARY KEY); INSERT INTO tool_migrations VALUES ('1_init')")
+    elsewhere = "/srv/app/migrations/*.sql"
+    refused = run_module(release(images["destructive"], sql_files=[PATTERN, elsewhere], previous_image=images["base"]))
+    assert refused["failed"] is True
+    assert f"sql_files: {elsewhere!r} matches no file in image {images['destructive']}" in refused["msg"]
+    assert "rc" not in refused
+    assert legacy_exists(database)
+
+
 def test_a_relative_sql_files_pattern_is_refused_naming_the_option(database, run_module, tmp_path):
     params = database.params(
         compose_file=str(tmp_path / "compose.yml"),
