@@ -1,9 +1,10 @@
 """The README's "Systems like yours": every inventory snippet passes the roles' own checks.
 
 Each YAML block of that section is read as inventory variables: compose_app_* against compose_app's
-argument spec (as role argument validation reads it), nginx_* against nginx's, and the services against
-the service model the rollout module applies (ports, upstreams, probes). A snippet that names a
-variable or key the roles do not take, or a value of the wrong type, fails here, naming it.
+argument spec (as role argument validation reads it), nginx_* against nginx's, firewall_* against the
+firewall's, and the services against the service model the rollout module applies (ports, upstreams,
+probes). A snippet that names a variable or key the roles do not take, or a value of the wrong type,
+fails here, naming it.
 """
 
 import re
@@ -35,7 +36,9 @@ def test_the_section_has_a_snippet_for_each_system():
 
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[f"snippet{index}" for index in range(len(SNIPPETS))])
 def test_a_snippet_passes_the_roles_argument_specs_and_the_service_model(snippet):
-    assert set(snippet) == {key for key in snippet if key.startswith(("compose_app_", "nginx_"))}, snippet.keys()
+    assert set(snippet) == {key for key in snippet if key.startswith(("compose_app_", "nginx_", "firewall_"))}, (
+        snippet.keys()
+    )
     app = {key: value for key, value in snippet.items() if key.startswith("compose_app_")}
     # The required options the shorter snippets leave to the one before them.
     app = {"compose_app_name": "shop", "compose_app_release": "v1", **app}
@@ -43,6 +46,9 @@ def test_a_snippet_passes_the_roles_argument_specs_and_the_service_model(snippet
     assert [str(error) for error in result.errors] == []
     nginx = {key: value for key, value in snippet.items() if key.startswith("nginx_")}
     result = ArgumentSpecValidator(options("nginx")).validate(nginx)
+    assert [str(error) for error in result.errors] == []
+    firewall = {key: value for key, value in snippet.items() if key.startswith("firewall_")}
+    result = ArgumentSpecValidator(options("firewall")).validate(firewall)
     assert [str(error) for error in result.errors] == []
     assert model.service_errors(app["compose_app_name"], app["compose_app_services"], "compose_app_services") == []
     assert model.data_service_errors(app.get("compose_app_data_services", [])) == []
