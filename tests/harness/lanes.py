@@ -1,7 +1,8 @@
 """Run `make test`'s stages in lanes side by side: the stages of one lane run in order, the lanes at
 the same time. Each lane writes its whole output to tests/output/lane-<name>.log; this prints the
 stage start and result lines as they come, then every lane's log in full, then, for a failed lane,
-the lines that say what failed (pytest's FAILED/ERROR lines, Ansible's fatal/failed lines) and the
+the lines that say what failed (pytest's FAILED/ERROR lines, Ansible's fatal/failed lines, each after
+the header of its task, which a result censored by no_log does not name) and the
 last lines of the failed stage, so that a reader who sees only the head and tail of the output sees
 the failure; then the stage times.
 
@@ -34,8 +35,12 @@ TAIL_LINES = 60
 FAILURE_LINES = 40
 BRIEF_LINES = 8
 BRIEF_WIDTH = 1500
-# pytest's short summary (`FAILED tests/...::test - ...`, `ERROR ...`) and Ansible's failed tasks.
-FAILURE_LINE = re.compile(r"^(FAILED|ERROR) |^(fatal|failed): \[")
+# pytest's short summary (`FAILED tests/...::test - ...`, `ERROR ...`) and Ansible's failed tasks, but not
+# Ansible's `FAILED - RETRYING` of an `until` loop, which may still pass.
+FAILURE_LINE = re.compile(r"^(FAILED|ERROR) (?!- RETRYING)|^(fatal|failed): \[")
+ANSIBLE_FAILURE = re.compile(r"^(fatal|failed): \[")
+# Ansible's task header: a failed task's result (censored under no_log) does not name the task.
+TASK_HEADER = re.compile(r"^TASK \[")
 
 
 def is_progress(line: str) -> bool:
@@ -91,6 +96,7 @@ class Lane(threading.Thread):
         self.log = Path(log_dir) / f"lane-{name}.log"
         self.failed: str | None = None
         self.failure_lines: list[str] = []
+        self.task_header = ""
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.process: subprocess.Popen | None = None
         self.stopping = False
@@ -106,6 +112,7 @@ class Lane(threading.Thread):
                     return
                 self.tail.clear()
                 self.failure_lines = []
+                self.task_header = ""
                 self.process = subprocess.Popen(
                     self.command(stage),
                     cwd=REPO,
@@ -120,14 +127,24 @@ class Lane(threading.Thread):
                     log.write(line)
                     log.flush()
                     self.tail.append(line)
-                    if FAILURE_LINE.match(line) and len(self.failure_lines) < FAILURE_LINES:
-                        self.failure_lines.append(line)
+                    self.note_failure(line)
                     if is_progress(line):
                         self.say(line.rstrip())
                 if self.process.wait():
                     self.failed = stage
                     self.say(f"FAILED: {stage} (exit {self.process.returncode}); this lane stops here")
                     return
+
+    def note_failure(self, line: str) -> None:
+        """Keep a line that names a failure; before an Ansible failure, the header of its task, once."""
+        if TASK_HEADER.match(line):
+            self.task_header = line.rstrip("* \n") + "\n"
+        if not FAILURE_LINE.match(line) or len(self.failure_lines) >= FAILURE_LINES:
+            return
+        if ANSIBLE_FAILURE.match(line) and self.task_header:
+            self.failure_lines.append(self.task_header)
+            self.task_header = ""
+        self.failure_lines.append(line)
 
     def say(self, text: str) -> None:
         with self.print_lock:

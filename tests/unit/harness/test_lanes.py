@@ -96,6 +96,28 @@ def test_the_brief_cuts_long_lines_and_is_absent_when_nothing_failed(tmp_path):
     assert lines[1].endswith("x [...]")
 
 
+def test_an_ansible_failure_is_reported_after_its_task_and_retries_are_not_failures(tmp_path):
+    lane = lanes.Lane("a", ["one"], threading.Lock(), log_dir=tmp_path)
+    log = [
+        "TASK [Wait until the server is healthy] ****************************\n",
+        "FAILED - RETRYING: [h]: Wait until the server is healthy (60 retries left).\n",
+        "ok: [h]\n",
+        "TASK [Write the secrets] *******************************************\n",
+        "ok: [h] => (item=(censored due to no_log))\n",
+        'failed: [h] (item=(censored due to no_log)) => {"censored": "hidden", "changed": false}\n',
+        'failed: [h] (item=(censored due to no_log)) => {"censored": "hidden", "changed": false}\n',
+        "ERROR    Ansible return code was 2\n",
+    ]
+    for line in log:
+        lane.note_failure(line)
+    assert lane.failure_lines == [
+        "TASK [Write the secrets]\n",
+        log[5],
+        log[6],
+        log[7],
+    ]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
