@@ -7,6 +7,7 @@ is on something observable: what nginx answers, which containers run, the upstre
 """
 
 import json
+import subprocess
 import time
 from datetime import UTC, datetime
 
@@ -22,7 +23,6 @@ from conftest import (
     http_get,
     inspect_service,
     served_version,
-    sh,
     wait_for,
 )
 
@@ -78,14 +78,29 @@ def test_a_compose_file_compose_refuses_is_caught_before_anything_runs(rollout, 
 def first_deploy(rollout, release, nginx, state_file, reset_app):
     """From no release at all: r1 planned in check mode, then rolled out; what each left behind, as seen then."""
     reset_app()
-    seen = {"placeholder_status": http_get(API)[0]}
-    seen["check"] = rollout(release("r1", "v1"), "r1", check=True, diff=True)
-    seen["after_check"] = {
-        "blue": container_states(f"{APP}-blue"),
-        "state": state_file(),
-        "backend_ports": upstream_ports(nginx, f"{APP}_backend"),
-    }
-    seen["result"] = rollout(release("r1", "v1"), "r1")
+    # Docker's own record of when each blue container turned healthy, streamed as it happens: the
+    # engine keeps only its last 256 events, which the other lane's docker execs rotate within seconds.
+    health_events = subprocess.Popen(
+        [
+            *("docker", "events", "--filter", "event=health_status"),
+            *("--filter", f"label=com.docker.compose.project={APP}-blue"),
+            *("--format", "{{.Actor.ID}} {{.Action}} {{.TimeNano}}"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen = {"placeholder_status": http_get(API)[0]}
+        seen["check"] = rollout(release("r1", "v1"), "r1", check=True, diff=True)
+        seen["after_check"] = {
+            "blue": container_states(f"{APP}-blue"),
+            "state": state_file(),
+            "backend_ports": upstream_ports(nginx, f"{APP}_backend"),
+        }
+        seen["result"] = rollout(release("r1", "v1"), "r1")
+    finally:
+        health_events.terminate()
+        seen["health_events"] = health_events.communicate(timeout=30)[0].splitlines()
     seen["version"] = served_version()
     seen["page"] = http_get(PAGE)[1]
     seen["backend_ports"] = upstream_ports(nginx, f"{APP}_backend")
@@ -142,14 +157,13 @@ def test_first_deploy_serves_v1_through_nginx(first_deploy):
 
 def test_services_start_in_order_each_after_the_previous_gate(first_deploy):
     backend, worker = first_deploy["backend"], first_deploy["worker"]
-    # Docker's own record of when the backend first turned healthy (its health log keeps only the
-    # last 5 checks, which the watch window has long rotated out).
-    events = sh(
-        *("docker", "events", "--since", backend["State"]["StartedAt"], "--until", "1s"),
-        *("--filter", f"container={backend['Id']}", "--filter", "event=health_status"),
-        *("--format", "{{.Action}} {{.TimeNano}}"),
-    ).stdout.split("\n")
-    healthy_at = min(int(line.split()[-1]) for line in events if line.startswith("health_status: healthy"))
+    # When the backend first turned healthy, from the events streamed during the deploy (its health
+    # log keeps only the last 5 checks, which the watch window has long rotated out).
+    healthy_at = min(
+        int(line.split()[-1])
+        for line in first_deploy["health_events"]
+        if line.startswith(f"{backend['Id']} health_status: healthy ")
+    )
     created = datetime.fromisoformat(worker["Created"][:26]).replace(tzinfo=UTC).timestamp()
     assert created * 1e9 > healthy_at
 
