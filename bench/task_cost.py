@@ -11,7 +11,8 @@ per task, side by side with the wall time.
 Cases: the docker CLI connection (community.docker.docker, one `docker exec` process per task) and
 the Docker API connection (community.docker.docker_api, the socket); each with the image's bytecode
 cache for zip imports (tests/images/systemd/berth_zipimport_cache.py) switched off (its .pth moved
-aside) and on. The suite runs Molecule over the API with the cache on; it used the CLI without it.
+aside) and on. The suite runs Molecule through the CLI with the cache on: the API connection now and
+then returns an exec's output empty (see .config/molecule/config.yml).
 
 Usage: python bench/task_cost.py [--tasks 50] [--rounds 2]
 """
