@@ -5,8 +5,10 @@ connection is bounded (3 s) and goes only to the scenario's own containers."""
 import json
 import socket
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import testinfra
@@ -25,8 +27,8 @@ def address(name):
 
 def controller():
     """The outer bridge's gateway: the address this test and Ansible reach the hosts from."""
-    inspected = json.loads(subprocess.check_output(["docker", "network", "inspect", "bridge"]))
-    return inspected[0]["IPAM"]["Config"][0]["Gateway"]
+    helper = Path(__file__).resolve().parents[3] / "tests" / "harness" / "bridge_gateway.py"
+    return subprocess.check_output([sys.executable, str(helper)], text=True).strip()
 
 
 def connect(host_address, port):
