@@ -95,7 +95,8 @@ class Lane(threading.Thread):
         self.command = command
         self.log = Path(log_dir) / f"lane-{name}.log"
         self.failed: str | None = None
-        self.failure_lines: list[str] = []
+        # The last lines that name a failure: a run stops at its real failure, after any that a task ignored.
+        self.failure_lines: collections.deque[str] = collections.deque(maxlen=FAILURE_LINES)
         self.task_header = ""
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.process: subprocess.Popen | None = None
@@ -108,10 +109,10 @@ class Lane(threading.Thread):
                 if self.stopping:
                     self.failed = f"{stage} (not started: interrupted)"
                     self.tail.clear()
-                    self.failure_lines = []
+                    self.failure_lines.clear()
                     return
                 self.tail.clear()
-                self.failure_lines = []
+                self.failure_lines.clear()
                 self.task_header = ""
                 self.process = subprocess.Popen(
                     self.command(stage),
@@ -139,7 +140,7 @@ class Lane(threading.Thread):
         """Keep a line that names a failure; before an Ansible failure, the header of its task, once."""
         if TASK_HEADER.match(line):
             self.task_header = line.rstrip("* \n") + "\n"
-        if not FAILURE_LINE.match(line) or len(self.failure_lines) >= FAILURE_LINES:
+        if not FAILURE_LINE.match(line):
             return
         if ANSIBLE_FAILURE.match(line) and self.task_header:
             self.failure_lines.append(self.task_header)
@@ -168,13 +169,14 @@ def report_failures(threads: list[Lane]) -> None:
 
 
 def write_brief(threads: list[Lane], path: Path) -> None:
-    """failures.txt: per failed lane, its stage and its first failure lines, each cut to BRIEF_WIDTH."""
+    """failures.txt: per failed lane, its stage and its last failure lines, each cut to BRIEF_WIDTH."""
     path.unlink(missing_ok=True)
     brief = []
     for thread in threads:
         if thread.failed:
             brief.append(f"==== what failed: lane {thread.name}, {thread.failed}\n")
-            for line in thread.failure_lines[:BRIEF_LINES] or ["(no FAILED/ERROR/fatal line; see the lane's log)\n"]:
+            last = list(thread.failure_lines)[-BRIEF_LINES:]
+            for line in last or ["(no FAILED/ERROR/fatal line; see the lane's log)\n"]:
                 line = line.rstrip("\n")
                 brief.append((line[:BRIEF_WIDTH] + " [...]" if len(line) > BRIEF_WIDTH else line) + "\n")
     if brief:

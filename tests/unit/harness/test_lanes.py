@@ -88,7 +88,7 @@ def test_the_brief_cuts_long_lines_and_is_absent_when_nothing_failed(tmp_path):
     lanes.write_brief(threads, brief)
     assert not brief.exists()
     threads[0].failed = "one"
-    threads[0].failure_lines = ["fatal: [h]: FAILED! => " + "x" * 5000 + "\n"]
+    threads[0].failure_lines.extend(["fatal: [h]: FAILED! => " + "x" * 5000 + "\n"])
     lanes.write_brief(threads, brief)
     lines = brief.read_text().splitlines()
     assert lines[0] == "==== what failed: lane a, one"
@@ -110,12 +110,27 @@ def test_an_ansible_failure_is_reported_after_its_task_and_retries_are_not_failu
     ]
     for line in log:
         lane.note_failure(line)
-    assert lane.failure_lines == [
+    assert list(lane.failure_lines) == [
         "TASK [Write the secrets]\n",
         log[5],
         log[6],
         log[7],
     ]
+
+
+def test_the_brief_keeps_the_last_failures_where_a_run_stopped(tmp_path):
+    lane = lanes.Lane("a", ["one"], threading.Lock(), log_dir=tmp_path)
+    for number in range(lanes.FAILURE_LINES + 5):
+        lane.note_failure(f"TASK [expected failure {number}] ***\n")
+        lane.note_failure(f"fatal: [h]: FAILED! => {{}} number {number}\n")
+        lane.note_failure("...ignoring\n")
+    lane.note_failure("TASK [the real one] ***\n")
+    lane.note_failure("fatal: [h]: FAILED! => {} the real one\n")
+    lane.failed = "one"
+    lanes.write_brief([lane], tmp_path / "failures.txt")
+    lines = (tmp_path / "failures.txt").read_text().splitlines()
+    assert len(lines) == 1 + lanes.BRIEF_LINES
+    assert lines[-2:] == ["TASK [the real one]", "fatal: [h]: FAILED! => {} the real one"]
 
 
 @pytest.mark.parametrize(
