@@ -37,8 +37,8 @@ BRIEF_LINES = 8
 BRIEF_WIDTH = 1500
 # pytest's short summary (`FAILED tests/...::test - ...`, `ERROR ...`) and Ansible's failed tasks, but not
 # Ansible's `FAILED - RETRYING` of an `until` loop, which may still pass.
-FAILURE_LINE = re.compile(r"^(FAILED|ERROR) (?!- RETRYING)|^(fatal|failed): \[")
 ANSIBLE_FAILURE = re.compile(r"^(fatal|failed): \[")
+FAILURE_LINE = re.compile(rf"^(FAILED|ERROR) (?!- RETRYING)|{ANSIBLE_FAILURE.pattern}")
 # Ansible's task header: a failed task's result (censored under no_log) does not name the task.
 TASK_HEADER = re.compile(r"^TASK \[")
 

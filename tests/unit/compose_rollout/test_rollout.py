@@ -89,8 +89,9 @@ def first_deploy(rollout, release, nginx, state_file, reset_app):
         stdout=subprocess.PIPE,
         text=True,
     )
+    seen = {}
     try:
-        seen = {"placeholder_status": http_get(API)[0]}
+        seen["placeholder_status"] = http_get(API)[0]
         seen["check"] = rollout(release("r1", "v1"), "r1", check=True, diff=True)
         seen["after_check"] = {
             "blue": container_states(f"{APP}-blue"),
