@@ -5,7 +5,8 @@ What it ensures, each step skipped when already true:
   * a Docker engine answers (dockerd is started in the background when none does);
   * the Compose v2 CLI plugin is present for the host's docker client;
   * the base images exist: Debian 13 and 12 root filesystems made with debootstrap and
-    `docker import`, and a systemd + python3 layer on each (rebuilt when its Dockerfile changes);
+    `docker import`, and a systemd + python3 layer on each (rebuilt when its Dockerfile changes),
+    and on Debian 13's a layer with the Docker engine's packages installed (tests/images/docker);
   * the demo application's images (tests/fixtures/demo-app) exist, rebuilt when the fixture changes;
   * ansible-test can bootstrap pip offline;
   * the collection is reachable as berth.stack through .ansible/collections, without installing it.
@@ -54,6 +55,8 @@ class BaseImage:
 
 
 BASE_IMAGES = (BaseImage("debian13", "trixie"), BaseImage("debian12", "bookworm"))
+# The Debian 13 test host with the Docker engine's packages already installed (tests/images/docker).
+DOCKER_HOST_IMAGE = "berth/debian13-docker:latest"
 
 
 class HarnessError(Exception):
@@ -241,8 +244,9 @@ def build_base_image(image: BaseImage) -> None:
             raise HarnessError(f"tar of the {image.suite} root filesystem failed")
 
 
-def build_systemd_image(image: BaseImage, digest: str) -> None:
-    log(f"building {image.systemd_tag}")
+def build_image(tag: str, context: Path, base: str, digest: str) -> None:
+    """docker build of the Dockerfile in context FROM base, labelled with the digest it was built from."""
+    log(f"building {tag}")
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}
     run(
         [
@@ -250,12 +254,12 @@ def build_systemd_image(image: BaseImage, digest: str) -> None:
             "build",
             "--quiet",
             "--build-arg",
-            f"BASE_IMAGE={image.base_tag}",
+            f"BASE_IMAGE={base}",
             "--label",
             f"berth.dockerfile-digest={digest}",
             "--tag",
-            image.systemd_tag,
-            str(IMAGES / "systemd"),
+            tag,
+            str(context),
         ],
         env=env,
         capture=True,
@@ -269,8 +273,13 @@ def ensure_base_images(rebuild: bool) -> None:
         if rebuild or base_missing:
             build_base_image(image)
         if rebuild or base_missing or image_label(image.systemd_tag, "berth.dockerfile-digest") != digest:
-            build_systemd_image(image, digest)
+            build_image(image.systemd_tag, IMAGES / "systemd", image.base_tag, digest)
         log(f"image {image.systemd_tag} ready")
+    # Rebuilt when its own Dockerfile or the systemd image's changes.
+    docker_digest = f"{digest}-{directory_digest(IMAGES / 'docker')}"
+    if rebuild or image_label(DOCKER_HOST_IMAGE, "berth.dockerfile-digest") != docker_digest:
+        build_image(DOCKER_HOST_IMAGE, IMAGES / "docker", BASE_IMAGES[0].systemd_tag, docker_digest)
+    log(f"image {DOCKER_HOST_IMAGE} ready")
 
 
 def demo_image_builds() -> list[tuple[str, Path, str | None, dict[str, str]]]:
