@@ -5,9 +5,11 @@ script every 2 s) on this machine's engine, once per setting, waits until all ar
 measures the whole machine's CPU time (/proc/stat) over a window and subtracts an idle window measured
 first. Printed side by side, per container: CPU seconds per minute, and the seconds to healthy.
 
-Settings: the image's own HEALTHCHECK (every 2 s, the naive way); every 30 s; every 30 s with a
-start interval of 0.5 s (what compose_app_healthcheck_defaults sets in the demo; needs Docker Engine
-25, API 1.44, and is reported as not measured on an older engine); no healthcheck (the floor).
+Settings: the image's own HEALTHCHECK (every 2 s, the naive way), and the same every 2 s written the
+usual way, with urllib.request under a plain python3 (what the images ran before their check was made
+lighter: tests/fixtures/demo-app/app/healthcheck.py); every 30 s; every 30 s with a start interval of
+0.5 s (what compose_app_healthcheck_defaults sets in the demo; needs Docker Engine 25, API 1.44, and is
+reported as not measured on an older engine); no healthcheck (the floor).
 
 Usage: python bench/healthchecks.py [--containers 10] [--window 30]
 """
@@ -18,8 +20,13 @@ import time
 
 IMAGE = "berth/demo-frontend:v1"
 PREFIX = "berth-bench-hc"
+URLLIB_CHECK = (
+    "python3 -c 'import argparse, pathlib, urllib.request; "
+    """print(urllib.request.urlopen("http://127.0.0.1:8000/healthz", timeout=2).read(200))'"""
+)
 SETTINGS = [
     ("image HEALTHCHECK, every 2 s", []),
+    ("every 2 s, with urllib.request", ["--health-cmd", URLLIB_CHECK, "--health-interval", "2s"]),
     ("every 30 s", ["--health-interval", "30s"]),
     ("every 30 s, 0.5 s until healthy", ["--health-interval", "30s", "--health-start-interval", "500ms"]),
     ("no healthcheck", ["--no-healthcheck"]),

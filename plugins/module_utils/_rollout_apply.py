@@ -415,22 +415,29 @@ def watch(plan, run, result, clock=time.monotonic, sleep=time.sleep):
         round_started = clock()
         # Docker is asked every WATCH_POLL_SECONDS; the probes, cheaper, every round.
         if clock() >= next_docker_check:
-            reason = container_trouble(run, plan["project"])
+            _stop_at_container_trouble(plan, result, rounds, container_trouble(run, plan["project"]))
             next_docker_check = clock() + WATCH_POLL_SECONDS
-            if reason:
-                result["gates"].append({"gate": "watch", "passed": False, "rounds": rounds})
-                gate = {"gate": "watch", "service": plan["project"], "color": plan["color"], "reason": reason}
-                raise WatchFailed(gate)
         for number, (kind, service, probe, url, host) in enumerate(checks):
             last = probe_once(probe, url, host, plan.get("nginx_tls") if host is not None else None)
             failed_in_a_row[number] = 0 if last["ok"] else failed_in_a_row[number] + 1
             if failed_in_a_row[number] >= probe["failures"]:
+                # A container Docker reports stopped or unhealthy is the cause to name, when the probes
+                # saw it first (a Docker error does not outrank the probe's failure).
+                documents = docker_documents(run, plan["project"])
+                _stop_at_container_trouble(plan, result, rounds, _container_reason(documents) if documents else None)
                 result["gates"].append({"gate": kind, "service": service["name"], "passed": False, "rounds": rounds})
                 last = {**last, "reason": f"{last['reason']} ({failed_in_a_row[number]} failures in a row)"}
                 raise WatchFailed(probe_failure(plan, kind, service, probe, url, failed_in_a_row[number], last))
         # Rounds start every ``pause`` seconds, however long Docker took to answer.
         sleep(max(0.0, pause - (clock() - round_started)))
     result["gates"].append({"gate": "watch", "passed": True, "rounds": rounds, "seconds": seconds})
+
+
+def _stop_at_container_trouble(plan, result, rounds, reason):
+    """Raise the watch gate's WatchFailed for a reason the new color's containers cannot serve."""
+    if reason:
+        result["gates"].append({"gate": "watch", "passed": False, "rounds": rounds})
+        raise WatchFailed({"gate": "watch", "service": plan["project"], "color": plan["color"], "reason": reason})
 
 
 def docker_documents(run, project):
