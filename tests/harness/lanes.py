@@ -10,8 +10,10 @@ A lane stops at its first failed stage; the other lanes run to their end, so one
 failure. Every Molecule scenario under molecule/ must be in exactly one lane: a scenario that was
 added to the tree but not to a lane fails the run instead of being skipped.
 
-Each lane gets its own apt archive cache for its test hosts (BERTH_APT_CACHE_DIR), because two
-test hosts that run apt at the same time must not share /var/cache/apt/archives and its lock.
+Each stage gets its own apt archive cache for its test hosts (BERTH_APT_CACHE_DIR, named after the
+stage), because two test hosts that run apt at the same time must not share /var/cache/apt/archives
+and its lock; named after the stage, not the lane, a scenario finds its downloads again whichever lane
+it runs in.
 
 Usage: lanes.py --lane NAME=STAGE[,STAGE...] [--lane ...]
 A stage is a make target (lint, sanity, unit) or molecule:SCENARIO. Standard library only.
@@ -55,6 +57,11 @@ def stage_command(stage: str) -> list[str]:
         # `make molecule` wraps each scenario in stage.sh itself.
         return [*make, "molecule", f"SCENARIO={stage.removeprefix('molecule:')}"]
     return [str(STAGE), stage, *make, stage]
+
+
+def apt_cache(stage: str) -> str:
+    """The apt archive cache directory of one stage's test hosts: /var/cache/berth-test/apt-<stage>."""
+    return f"{APT_CACHE}-{re.sub(r'[^A-Za-z0-9_.-]', '_', stage.removeprefix('molecule:'))}"
 
 
 def parse_lanes(specs: list[str]) -> dict[str, list[str]]:
@@ -103,9 +110,9 @@ class Lane(threading.Thread):
         self.stopping = False
 
     def run(self) -> None:
-        env = dict(os.environ, BERTH_APT_CACHE_DIR=f"{APT_CACHE}-{self.name}")
         with self.log.open("w") as log:
             for stage in self.stages:
+                env = dict(os.environ, BERTH_APT_CACHE_DIR=apt_cache(stage))
                 if self.stopping:
                     self.failed = f"{stage} (not started: interrupted)"
                     self.tail.clear()

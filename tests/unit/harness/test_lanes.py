@@ -59,6 +59,25 @@ def test_lanes_run_side_by_side_and_each_keeps_its_own_log(tmp_path, capsys):
     assert "[b]   four  ok  1s" in printed
 
 
+def test_each_stage_gets_an_apt_cache_of_its_own_named_after_it_whichever_lane_runs_it(tmp_path):
+    record = tmp_path / "caches.txt"
+
+    def command(stage):
+        return ["bash", "-c", f'echo "{stage} $BERTH_APT_CACHE_DIR" >> {record}']
+
+    lock = threading.Lock()
+    for name, stages in (("a", ["molecule:nginx", "lint"]), ("b", ["molecule:fleet"]), ("c", ["molecule:nginx"])):
+        lane = lanes.Lane(name, stages, lock, log_dir=tmp_path, command=command)
+        lane.start()
+        lane.join()
+    assert record.read_text().splitlines() == [
+        "molecule:nginx /var/cache/berth-test/apt-nginx",
+        "lint /var/cache/berth-test/apt-lint",
+        "molecule:fleet /var/cache/berth-test/apt-fleet",
+        "molecule:nginx /var/cache/berth-test/apt-nginx",
+    ]
+
+
 def test_a_failed_stage_stops_its_lane_and_the_other_lane_goes_on(tmp_path, capsys):
     threads, _elapsed, record = run_lanes(tmp_path, ["a=fail-first,never", "b=one,two"])
     assert threads[0].failed == "fail-first"
@@ -148,7 +167,8 @@ def test_every_scenario_runs_in_exactly_one_lane(spec, message):
 
 def test_the_makefile_lanes_name_every_scenario():
     makefile = (REPO / "Makefile").read_text()
-    specs = [f"{name}={makefile.split(f'LANE_{name.upper()} := ')[1].splitlines()[0]}" for name in ("app", "hosts")]
+    names = ("rollout", "app", "hosts")
+    specs = [f"{name}={makefile.split(f'LANE_{name.upper()} := ')[1].splitlines()[0]}" for name in names]
     lanes.check_scenarios(lanes.parse_lanes(specs))
 
 
