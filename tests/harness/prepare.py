@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tests" / "harness"
 IMAGES = REPO / "tests" / "images"
+ROLES = REPO / "roles"
 DEMO_APP = REPO / "tests" / "fixtures" / "demo-app"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DOCKERD_LOG = Path("/var/log/berth-dockerd.log")
@@ -244,8 +245,55 @@ def build_base_image(image: BaseImage) -> None:
             raise HarnessError(f"tar of the {image.suite} root filesystem failed")
 
 
-def build_image(tag: str, context: Path, base: str, digest: str) -> None:
-    """docker build of the Dockerfile in context FROM base, labelled with the digest it was built from."""
+def role_var(path: Path, key: str, subkey: str | None = None) -> str | list[str]:
+    """The value of a top-level key of a role's vars or defaults file (or of subkey under it): a plain
+    name, or a list of plain names written `[a, b]` or as `- a` lines. Read with the standard library,
+    as the rest of this file; tests/unit/harness/test_prepare.py checks it against a YAML parser."""
+    lines = path.read_text().splitlines()
+    owner = re.compile(rf"^{re.escape(key)}:(.*)$")
+    for number, line in enumerate(lines):
+        match = owner.match(line)
+        if not match:
+            continue
+        value, rest = match.group(1).split("#", 1)[0].strip(), lines[number + 1 :]
+        if subkey is not None:
+            children = (re.match(rf"^\s+{re.escape(subkey)}:(.*)$", child) for child in rest)
+            found = next((child for child in children if child), None)
+            if found is None:
+                break
+            value = found.group(1).split("#", 1)[0].strip()
+            rest = []
+        if value.startswith("["):
+            return [name.strip() for name in value.strip("[]").split(",") if name.strip()]
+        if value:
+            return value
+        items = []
+        for child in rest:
+            item = re.match(r"^\s+-\s+(\S+)\s*$", child)
+            if not item:
+                break
+            items.append(item.group(1))
+        return items
+    raise HarnessError(f"{path.relative_to(REPO)} has no {key}{'.' + subkey if subkey else ''}")
+
+
+def docker_host_image_packages() -> list[str]:
+    """What berth/debian13-docker installs: docker_host's packages for Debian 13 and for community.docker,
+    compose_app's for the rollout and a pre-migration pg_dump on the host, and the test tools."""
+    docker_host, compose_app = ROLES / "docker_host", ROLES / "compose_app"
+    packages = [
+        *role_var(docker_host / "vars" / "main.yml", "__docker_host_distribution_packages", BASE_IMAGES[0].suite),
+        *role_var(docker_host / "vars" / "main.yml", "__docker_host_python_packages"),
+        *role_var(compose_app / "vars" / "main.yml", "__compose_app_rollout_packages"),
+        role_var(compose_app / "defaults" / "main.yml", "compose_app_migrations_client_package"),
+        *read_package_list(IMAGES / "docker" / "test-tools.txt"),
+    ]
+    return list(dict.fromkeys(packages))
+
+
+def build_image(tag: str, context: Path, base: str, digest: str, packages: list[str] | None = None) -> None:
+    """docker build of the Dockerfile in context FROM base (with PACKAGES when given), labelled with the
+    digest it was built from."""
     log(f"building {tag}")
     env = {**os.environ, "DOCKER_BUILDKIT": "0"}
     run(
@@ -255,6 +303,7 @@ def build_image(tag: str, context: Path, base: str, digest: str) -> None:
             "--quiet",
             "--build-arg",
             f"BASE_IMAGE={base}",
+            *(["--build-arg", f"PACKAGES={' '.join(packages)}"] if packages else []),
             "--label",
             f"berth.dockerfile-digest={digest}",
             "--tag",
@@ -275,10 +324,12 @@ def ensure_base_images(rebuild: bool) -> None:
         if rebuild or base_missing or image_label(image.systemd_tag, "berth.dockerfile-digest") != digest:
             build_image(image.systemd_tag, IMAGES / "systemd", image.base_tag, digest)
         log(f"image {image.systemd_tag} ready")
-    # Rebuilt when its own Dockerfile or the systemd image's changes.
-    docker_digest = f"{digest}-{directory_digest(IMAGES / 'docker')}"
+    # Rebuilt when its own Dockerfile, its package list or the systemd image's Dockerfile changes.
+    packages = docker_host_image_packages()
+    package_digest = hashlib.sha256(" ".join(packages).encode()).hexdigest()[:16]
+    docker_digest = f"{digest}-{directory_digest(IMAGES / 'docker')}-{package_digest}"
     if rebuild or image_label(DOCKER_HOST_IMAGE, "berth.dockerfile-digest") != docker_digest:
-        build_image(DOCKER_HOST_IMAGE, IMAGES / "docker", BASE_IMAGES[0].systemd_tag, docker_digest)
+        build_image(DOCKER_HOST_IMAGE, IMAGES / "docker", BASE_IMAGES[0].systemd_tag, docker_digest, packages)
     log(f"image {DOCKER_HOST_IMAGE} ready")
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 PREPARE = REPO / "tests" / "harness" / "prepare.py"
@@ -85,3 +86,43 @@ def test_without_root_and_engine_it_fails_with_a_reason_not_a_traceback():
     assert result.returncode == 2
     assert "no Docker engine answers and starting one needs root" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "subkey", "expected"),
+    [
+        ("a: [x, y]\nb: z\n", "a", None, ["x", "y"]),
+        ("a:\n  - x\n  - y  \nb: [z]\n", "a", None, ["x", "y"]),
+        ("a: plain  # a comment\n", "a", None, "plain"),
+        ("ab: [no]\na:\n  one: [x]\n  two: [y, z]\n", "a", "two", ["y", "z"]),
+    ],
+)
+def test_role_var_reads_a_name_or_a_list_of_names(tmp_path, text, key, subkey, expected):
+    path = tmp_path / "main.yml"
+    path.write_text(text)
+    assert prepare.role_var(path, key, subkey) == expected
+
+
+def test_role_var_names_the_file_and_the_key_it_did_not_find():
+    path = REPO / "roles" / "docker_host" / "vars" / "main.yml"
+    with pytest.raises(
+        prepare.HarnessError, match=r"roles/docker_host/vars/main.yml has no __docker_host_distribution_packages\.sid"
+    ):
+        prepare.role_var(path, "__docker_host_distribution_packages", "sid")
+
+
+def test_the_docker_host_image_installs_what_the_roles_vars_name():
+    """The image's packages are read from the roles, so they cannot drift from what the roles install."""
+    docker_vars = yaml.safe_load((REPO / "roles" / "docker_host" / "vars" / "main.yml").read_text())
+    compose_vars = yaml.safe_load((REPO / "roles" / "compose_app" / "vars" / "main.yml").read_text())
+    compose_defaults = yaml.safe_load((REPO / "roles" / "compose_app" / "defaults" / "main.yml").read_text())
+    tools = prepare.read_package_list(REPO / "tests" / "images" / "docker" / "test-tools.txt")
+    expected = [
+        *docker_vars["__docker_host_distribution_packages"]["trixie"],
+        *docker_vars["__docker_host_python_packages"],
+        *compose_vars["__compose_app_rollout_packages"],
+        compose_defaults["compose_app_migrations_client_package"],
+        *tools,
+    ]
+    assert prepare.docker_host_image_packages() == list(dict.fromkeys(expected))
+    assert {"docker.io", "docker-cli", "python3-docker", "python3-jmespath", "docker-registry"} <= set(expected)
