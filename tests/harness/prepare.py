@@ -257,7 +257,8 @@ def role_var(path: Path, key: str, subkey: str | None = None) -> str | list[str]
             continue
         value, rest = match.group(1).split("#", 1)[0].strip(), lines[number + 1 :]
         if subkey is not None:
-            children = (re.match(rf"^\s+{re.escape(subkey)}:(.*)$", child) for child in rest)
+            block = rest[: next((i for i, child in enumerate(rest) if re.match(r"^\S", child)), None)]
+            children = (re.match(rf"^\s+{re.escape(subkey)}:(.*)$", child) for child in block)
             found = next((child for child in children if child), None)
             if found is None:
                 break
@@ -274,7 +275,8 @@ def role_var(path: Path, key: str, subkey: str | None = None) -> str | list[str]
                 break
             items.append(item.group(1))
         return items
-    raise HarnessError(f"{path.relative_to(REPO)} has no {key}{'.' + subkey if subkey else ''}")
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    raise HarnessError(f"{shown} has no {key}{'.' + subkey if subkey else ''}")
 
 
 def docker_host_image_packages() -> list[str]:

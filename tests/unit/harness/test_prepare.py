@@ -95,12 +95,21 @@ def test_without_root_and_engine_it_fails_with_a_reason_not_a_traceback():
         ("a:\n  - x\n  - y  \nb: [z]\n", "a", None, ["x", "y"]),
         ("a: plain  # a comment\n", "a", None, "plain"),
         ("ab: [no]\na:\n  one: [x]\n  two: [y, z]\n", "a", "two", ["y", "z"]),
+        ("a:\n  one: [x]\nb:\n  two: [y]\na_two: [z]\n", "b", "two", ["y"]),
     ],
 )
 def test_role_var_reads_a_name_or_a_list_of_names(tmp_path, text, key, subkey, expected):
     path = tmp_path / "main.yml"
     path.write_text(text)
     assert prepare.role_var(path, key, subkey) == expected
+
+
+@pytest.mark.parametrize(("text", "subkey"), [("a:\n  one: [x]\nb:\n  two: [y]\n", "two"), ("b: [x]\n", None)])
+def test_role_var_refuses_a_key_or_subkey_it_does_not_find_where_it_belongs(tmp_path, text, subkey):
+    path = tmp_path / "main.yml"
+    path.write_text(text)
+    with pytest.raises(prepare.HarnessError, match="has no a"):
+        prepare.role_var(path, "a", subkey)
 
 
 def test_role_var_names_the_file_and_the_key_it_did_not_find():
