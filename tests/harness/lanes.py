@@ -15,6 +15,9 @@ stage), because two test hosts that run apt at the same time must not share /var
 and its lock; named after the stage, not the lane, a scenario finds its downloads again whichever lane
 it runs in.
 
+The stages' ansible-playbook runs share one cache of module payloads (tests/harness/callback_plugins),
+in a directory made for this run and removed at its end.
+
 Usage: lanes.py --lane NAME=STAGE[,STAGE...] [--lane ...]
 A stage is a make target (lint, sanity, unit) or molecule:SCENARIO. Standard library only.
 """
@@ -23,9 +26,11 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -33,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "tests" / "output"
 STAGE = REPO / "tests" / "harness" / "stage.sh"
 APT_CACHE = "/var/cache/berth-test/apt"
+CALLBACKS = REPO / "tests" / "harness" / "callback_plugins"
 TAIL_LINES = 60
 FAILURE_LINES = 40
 BRIEF_LINES = 8
@@ -62,6 +68,16 @@ def stage_command(stage: str) -> list[str]:
 def apt_cache(stage: str) -> str:
     """The apt archive cache directory of one stage's test hosts: /var/cache/berth-test/apt-<stage>."""
     return f"{APT_CACHE}-{re.sub(r'[^A-Za-z0-9_.-]', '_', stage.removeprefix('molecule:'))}"
+
+
+def payload_cache_env(directory: str) -> dict[str, str]:
+    """The environment that makes every ansible-playbook run of the stages share one payload cache in
+    directory (tests/harness/callback_plugins/berth_shared_payloads.py says why)."""
+    plugins = os.environ.get("ANSIBLE_CALLBACK_PLUGINS", "")
+    return {
+        "BERTH_ANSIBALLZ_CACHE": directory,
+        "ANSIBLE_CALLBACK_PLUGINS": f"{CALLBACKS}:{plugins}" if plugins else str(CALLBACKS),
+    }
 
 
 def parse_lanes(specs: list[str]) -> dict[str, list[str]]:
@@ -95,9 +111,10 @@ def check_scenarios(lanes: dict[str, list[str]]) -> None:
 
 
 class Lane(threading.Thread):
-    def __init__(self, name, stages, print_lock, *, log_dir=OUTPUT, command=stage_command):
+    def __init__(self, name, stages, print_lock, *, log_dir=OUTPUT, command=stage_command, env=None):
         super().__init__(name=name)
         self.stages = stages
+        self.env = env or {}
         self.print_lock = print_lock
         self.command = command
         self.log = Path(log_dir) / f"lane-{name}.log"
@@ -112,7 +129,7 @@ class Lane(threading.Thread):
     def run(self) -> None:
         with self.log.open("w") as log:
             for stage in self.stages:
-                env = dict(os.environ, BERTH_APT_CACHE_DIR=apt_cache(stage))
+                env = dict(os.environ, **self.env, BERTH_APT_CACHE_DIR=apt_cache(stage))
                 if self.stopping:
                     self.failed = f"{stage} (not started: interrupted)"
                     self.tail.clear()
@@ -197,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     check_scenarios(lanes)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     print_lock = threading.Lock()
-    threads = [Lane(name, stages, print_lock) for name, stages in lanes.items()]
+    payloads = tempfile.mkdtemp(prefix="berth-payloads-")
+    threads = [Lane(name, stages, print_lock, env=payload_cache_env(payloads)) for name, stages in lanes.items()]
 
     def interrupt(signum, _frame):
         for thread in threads:
@@ -206,11 +224,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
-    for thread in threads:
-        thread.say(f"stages: {' '.join(thread.stages)}; full output in {thread.log.relative_to(REPO)}")
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.say(f"stages: {' '.join(thread.stages)}; full output in {thread.log.relative_to(REPO)}")
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        shutil.rmtree(payloads, ignore_errors=True)
     for thread in threads:
         print(f"\n==== lane {thread.name}: full output ({thread.log.relative_to(REPO)})", flush=True)
         sys.stdout.write(thread.log.read_text(errors="replace"))

@@ -176,3 +176,22 @@ def test_the_makefile_lanes_name_every_scenario():
 def test_a_malformed_lane_is_refused(spec):
     with pytest.raises(SystemExit, match="expected a new NAME=STAGE"):
         lanes.parse_lanes([spec])
+
+
+def test_every_stage_gets_the_same_payload_cache_and_the_harness_callbacks(tmp_path, monkeypatch):
+    record = tmp_path / "env.txt"
+    monkeypatch.setenv("ANSIBLE_CALLBACK_PLUGINS", "/srv/callbacks")
+
+    def command(stage):
+        return ["bash", "-c", f'echo "{stage} $BERTH_ANSIBALLZ_CACHE $ANSIBLE_CALLBACK_PLUGINS" >> {record}']
+
+    env = lanes.payload_cache_env(str(tmp_path / "payloads"))
+    lock = threading.Lock()
+    for name, stages in (("a", ["lint", "molecule:nginx"]), ("b", ["unit-other"])):
+        lane = lanes.Lane(name, stages, lock, log_dir=tmp_path, command=command, env=env)
+        lane.start()
+        lane.join()
+    callbacks = f"{REPO}/tests/harness/callback_plugins:/srv/callbacks"
+    assert record.read_text().splitlines() == [
+        f"{stage} {tmp_path}/payloads {callbacks}" for stage in ("lint", "molecule:nginx", "unit-other")
+    ]
