@@ -46,7 +46,7 @@ sanity: venv ## ansible-test sanity on a copy of the checkout
 	python3 tests/harness/prepare.py --only ansible-test
 	tests/harness/sanity.sh
 
-UNIT_PREPARE := python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link
+UNIT_PREPARE := python3 tests/harness/prepare.py --only packages --only engine --only compose --only images --only demo-images --only link --only zipimport-cache
 unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the code talks to them)
 	$(UNIT_PREPARE)
 	pytest -p no:cacheprovider tests/unit

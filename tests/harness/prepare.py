@@ -9,7 +9,8 @@ What it ensures, each step skipped when already true:
     and on Debian 13's a layer with the Docker engine's packages installed (tests/images/docker);
   * the demo application's images (tests/fixtures/demo-app) exist, rebuilt when the fixture changes;
   * ansible-test can bootstrap pip offline;
-  * the collection is reachable as berth.stack through .ansible/collections, without installing it.
+  * the collection is reachable as berth.stack through .ansible/collections, without installing it;
+  * the project virtualenv has the test hosts' bytecode cache for zip imports (tests/images/systemd).
 
 It uses only the standard library, so it runs before the project virtualenv exists.
 Exit status 2 with a one-line reason when a step cannot be done.
@@ -25,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -420,6 +422,25 @@ def ensure_collection_link() -> None:
     log(f"linked {link.relative_to(REPO)} -> checkout")
 
 
+def ensure_zipimport_cache(site: Path | None = None) -> None:
+    """The test hosts' bytecode cache for zip imports (tests/images/systemd), in the project virtualenv
+    too: the unit tests run modules on this machine through its interpreter (connection local), which
+    would otherwise compile ansible.module_utils from the payload's zip at every task."""
+    if site is None:
+        if sys.prefix == sys.base_prefix:
+            log("zipimport cache: not in a virtualenv, left out")
+            return
+        site = Path(sysconfig.get_path("purelib"))
+    changed = []
+    for name in ("berth_zipimport_cache.py", "berth-zipimport-cache.pth"):
+        source, target = IMAGES / "systemd" / name, site / name
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, target)
+            changed.append(name)
+    if changed:
+        log(f"zipimport cache: installed {', '.join(changed)} in {site}")
+
+
 STEPS = {
     "packages": ensure_host_packages,
     "engine": ensure_docker_engine,
@@ -428,6 +449,7 @@ STEPS = {
     "demo-images": None,  # takes the --rebuild-images flag
     "ansible-test": ensure_ansible_test_bootstrap,
     "link": ensure_collection_link,
+    "zipimport-cache": ensure_zipimport_cache,
 }
 
 

@@ -135,3 +135,17 @@ def test_the_docker_host_image_installs_what_the_roles_vars_name():
     ]
     assert prepare.docker_host_image_packages() == list(dict.fromkeys(expected))
     assert {"docker.io", "docker-cli", "python3-docker", "python3-jmespath", "docker-registry"} <= set(expected)
+
+
+def test_the_zipimport_cache_goes_into_a_site_directory_once_and_loads_at_start_up(tmp_path):
+    prepare.ensure_zipimport_cache(tmp_path)
+    installed = {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+    assert sorted(installed) == ["berth-zipimport-cache.pth", "berth_zipimport_cache.py"]
+    prepare.ensure_zipimport_cache(tmp_path)
+    assert {path.name: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == installed
+    # A site directory's .pth runs at start-up: zip imports then compile through the hook.
+    probe = "import site, sys, zipimport; site.addsitedir(sys.argv[1]); print(zipimport._compile_source.__module__)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "berth_zipimport_cache"
