@@ -111,6 +111,11 @@ bench-task-cost: venv ## Benchmark: CPU per Ansible task on a test host, docker 
 	python3 tests/harness/prepare.py --only engine --only images --only link
 	python bench/task_cost.py $(if $(TASKS),--tasks $(TASKS))
 
+.PHONY: bench-payloads
+bench-payloads: venv ## Benchmark: controller CPU per ansible-playbook run, payloads built by each run vs shared
+	python3 tests/harness/prepare.py --only link --only zipimport-cache
+	python bench/payloads.py $(if $(RUNS),--runs $(RUNS))
+
 .PHONY: bench-backup bench-healthchecks
 bench-healthchecks: venv ## Benchmark: CPU per container and time to healthy of Docker healthcheck settings
 	python3 tests/harness/prepare.py --only engine --only images --only demo-images --only link
