@@ -292,7 +292,7 @@ def docker_host_image_packages() -> list[str]:
         role_var(compose_app / "defaults" / "main.yml", "compose_app_migrations_client_package"),
         *read_package_list(IMAGES / "docker" / "test-tools.txt"),
     ]
-    return list(dict.fromkeys(packages))
+    return packages
 
 
 def build_image(tag: str, context: Path, base: str, digest: str, packages: list[str] | None = None) -> None:
@@ -424,8 +424,8 @@ def ensure_collection_link() -> None:
 
 def ensure_zipimport_cache(site: Path | None = None) -> None:
     """The test hosts' bytecode cache for zip imports (tests/images/systemd), in the project virtualenv
-    too: the unit tests run modules on this machine through its interpreter (connection local), which
-    would otherwise compile ansible.module_utils from the payload's zip at every task."""
+    too: modules that run on this machine (connection local, delegate_to localhost) use its interpreter,
+    which would otherwise compile ansible.module_utils from the payload's zip at every task."""
     if site is None:
         if sys.prefix == sys.base_prefix:
             log("zipimport cache: not in a virtualenv, left out")

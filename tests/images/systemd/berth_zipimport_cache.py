@@ -1,4 +1,5 @@
-"""Test hosts only: keep the bytecode of modules imported from zip files (Ansible's AnsiballZ payloads).
+"""Test hosts, and the project virtualenv (prepare.py's zipimport-cache step): keep the bytecode of
+modules imported from zip files (Ansible's AnsiballZ payloads).
 
 zipimport compiles every .py file it imports, every time, and writes no bytecode: each Ansible module
 task on a test host compiled ansible.module_utils again, about a third of the task's CPU on the host.

@@ -133,8 +133,9 @@ def test_the_docker_host_image_installs_what_the_roles_vars_name():
         compose_defaults["compose_app_migrations_client_package"],
         *tools,
     ]
-    assert prepare.docker_host_image_packages() == list(dict.fromkeys(expected))
-    assert {"docker.io", "docker-cli", "python3-docker", "python3-jmespath", "docker-registry"} <= set(expected)
+    assert prepare.docker_host_image_packages() == expected
+    assert len(set(expected)) == len(expected)
+    assert {"docker.io", "docker-cli", "python3-docker", "python3-jmespath", "postgresql-client"} <= set(expected)
 
 
 def test_the_zipimport_cache_goes_into_a_site_directory_once_and_loads_at_start_up(tmp_path):
