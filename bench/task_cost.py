@@ -1,18 +1,22 @@
-"""What one Ansible module task against a test host costs in CPU, by connection and bytecode cache.
+"""What one Ansible task against a test host costs in CPU, by connection and bytecode cache.
 
 Starts a container of the Debian 13 test-host image (berth/debian13-systemd, without systemd: only
-its Python matters here) and runs a playbook of N `ansible.builtin.ping` tasks against it, once per
-case, after one untimed task that warms the cache. Measures CPU time where each part runs, so that
-other work on the machine counts little: the controller (ansible-playbook, its workers and the docker
-client, from this process's children), the engine (this machine's dockerd and containerd, which may
-also serve others at the time) and the host (the container's cgroup: the module's Python). Printed
-per task, side by side with the wall time.
+its Python and its sshd matter here) and runs a playbook of N tasks against it, once per case and
+kind of task, after one untimed task that warms the cache. Two kinds: `ansible.builtin.ping` (one
+module run) and `ansible.builtin.template` of an unchanged file (a file task: a temporary directory
+on the host, a stat module, then its removal). Measures CPU time where each part runs: the
+controller (ansible-playbook, its workers and the docker or ssh client, from this process's
+children), the engine (this machine's dockerd and containerd), the host (the container's cgroup: the
+module's Python, sshd) and the whole machine (/proc/stat, which also counts what the others miss:
+containerd-shim and runc for each `docker exec`, the kernel, and the SSH connection's master, which
+runs detached). Run it on an otherwise idle machine. Printed per task, side by side with the wall time.
 
-Cases: the docker CLI connection (community.docker.docker, one `docker exec` process per task) and
-the Docker API connection (community.docker.docker_api, the socket); each with the image's bytecode
-cache for zip imports (tests/images/systemd/berth_zipimport_cache.py) switched off (its .pth moved
-aside) and on. The suite runs Molecule through the CLI with the cache on: the API connection now and
-then returns an exec's output empty (see .config/molecule/config.yml).
+Cases: the docker CLI connection (community.docker.docker, one `docker exec` process per command)
+and the Docker API connection (community.docker.docker_api, the socket), each with the image's
+bytecode cache for zip imports (tests/images/systemd/berth_zipimport_cache.py) switched off (its .pth
+moved aside) and on; and SSH (one connection kept open, ControlPersist, as Molecule's inventory
+has it) with the cache on. The suite runs Molecule over SSH with the cache on; the firewall scenario,
+which cuts SSH on purpose, through the CLI (see .config/molecule/config.yml).
 
 Usage: python bench/task_cost.py [--tasks 50] [--rounds 2]
 """
@@ -34,14 +38,31 @@ CASES = [
     ("docker CLI, bytecode cache", "community.docker.docker", True),
     ("Docker API, no bytecode cache", "community.docker.docker_api", False),
     ("Docker API, bytecode cache", "community.docker.docker_api", True),
+    ("SSH, bytecode cache", "ssh", True),
 ]
-PLAYBOOK = """- hosts: all
+PLAYBOOKS = {
+    "ping": """- hosts: all
   gather_facts: false
   tasks:
     - name: Ping
       ansible.builtin.ping:
       loop: "{{ range(tasks | int) | list }}"
-"""
+""",
+    "template": """- hosts: all
+  gather_facts: false
+  tasks:
+    - name: Template an unchanged file
+      ansible.builtin.template:
+        src: bench.j2
+        dest: /tmp/berth-bench.txt
+        mode: "0644"
+      loop: "{{ range(tasks | int) | list }}"
+""",
+}
+SSH_OPTIONS = (
+    "-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no"
+    " -o IdentitiesOnly=yes -o LogLevel=ERROR"
+)
 
 
 def docker(*argv, check=True):
@@ -70,6 +91,13 @@ def container_seconds(container_id):
     return int(stat.split("usage_usec")[1].split()[0]) / 1e6
 
 
+def machine_seconds():
+    """Busy CPU seconds of the whole machine (every core), from /proc/stat."""
+    fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def children_seconds():
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -82,22 +110,37 @@ def set_cache(enabled):
     docker("exec", NAME, "rm", "-rf", "/var/cache/berth-zipimport")
 
 
-def play(workdir, connection, tasks):
+def start_sshd(workdir):
+    """Let root in with a key made here, start the image's sshd, and return the container's address."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / "key")], check=True)
+    docker("exec", NAME, "mkdir", "-p", "-m", "0700", "/root/.ssh", "/run/sshd")
+    docker("cp", str(workdir / "key.pub"), f"{NAME}:/root/.ssh/authorized_keys")
+    docker("exec", NAME, "sh", "-c", "chown root:root /root/.ssh/authorized_keys && /usr/sbin/sshd")
+    return docker("inspect", "--format", "{{.NetworkSettings.IPAddress}}", NAME).stdout.strip()
+
+
+def play(workdir, connection, kind, tasks, address):
     inventory = workdir / "inventory.ini"
-    inventory.write_text(f"{NAME} ansible_connection={connection} ansible_python_interpreter=/usr/bin/python3\n")
-    argv = ["ansible-playbook", "-i", str(inventory), str(workdir / "ping.yml"), "-e", f"tasks={tasks}"]
+    target = f"{NAME} ansible_connection={connection} ansible_python_interpreter=/usr/bin/python3"
+    if connection == "ssh":
+        target += (
+            f" ansible_host={address} ansible_user=root ansible_ssh_private_key_file={workdir / 'key'}"
+            f" ansible_ssh_common_args='{SSH_OPTIONS} -o ControlPath={workdir}/cm-%C'"
+        )
+    inventory.write_text(target + "\n")
+    argv = ["ansible-playbook", "-i", str(inventory), str(workdir / f"{kind}.yml"), "-e", f"tasks={tasks}"]
     return subprocess.run(argv, capture_output=True, text=True, check=False)
 
 
-def measure(workdir, connection, tasks, container_id):
-    """(controller, engine, host) CPU seconds and the wall time of one run of `tasks` tasks."""
-    before = (children_seconds(), daemon_seconds(), container_seconds(container_id))
+def measure(workdir, connection, kind, tasks, container_id, address):
+    """(controller, engine, host, machine) CPU seconds and the wall time of one run of `tasks` tasks."""
+    before = (children_seconds(), daemon_seconds(), container_seconds(container_id), machine_seconds())
     started = time.monotonic()
-    result = play(workdir, connection, tasks)
+    result = play(workdir, connection, kind, tasks, address)
     wall = time.monotonic() - started
     if result.returncode != 0:
         sys.exit(f"ansible-playbook failed ({connection}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    after = (children_seconds(), daemon_seconds(), container_seconds(container_id))
+    after = (children_seconds(), daemon_seconds(), container_seconds(container_id), machine_seconds())
     return [end - start for start, end in zip(before, after, strict=True)], wall
 
 
@@ -111,24 +154,33 @@ def main():
     try:
         with tempfile.TemporaryDirectory() as directory:
             workdir = Path(directory)
-            (workdir / "ping.yml").write_text(PLAYBOOK)
-            print(f"{args.tasks} ping tasks per run, {args.rounds} rounds; CPU ms per task where it ran")
-            print(f"{'case':32} {'controller':>10} {'engine':>7} {'host':>6} {'total':>6} {'wall ms/task':>13}")
+            for kind, playbook in PLAYBOOKS.items():
+                (workdir / f"{kind}.yml").write_text(playbook)
+            (workdir / "bench.j2").write_text("{{ inventory_hostname }}\n")
+            address = start_sshd(workdir)
+            print(f"{args.tasks} tasks per run, {args.rounds} rounds; CPU ms per task where it ran")
+            print(
+                f"{'task':9} {'case':30} {'controller':>10} {'engine':>7} {'host':>6} {'sum':>6} {'machine':>8}"
+                f" {'wall ms/task':>13}"
+            )
             for _round in range(args.rounds):
-                for label, connection, cache in CASES:
-                    set_cache(cache)
-                    play(workdir, connection, 1)
-                    parts, wall = measure(workdir, connection, args.tasks, container_id)
-                    controller, engine, host = (part * 1000 / args.tasks for part in parts)
-                    print(
-                        f"{label:32} {controller:10.0f} {engine:7.0f} {host:6.0f} {controller + engine + host:6.0f}"
-                        f" {wall * 1000 / args.tasks:13.0f}",
-                        flush=True,
-                    )
+                for kind in PLAYBOOKS:
+                    for label, connection, cache in CASES:
+                        set_cache(cache)
+                        play(workdir, connection, kind, 1, address)
+                        parts, wall = measure(workdir, connection, kind, args.tasks, container_id, address)
+                        controller, engine, host, machine = (part * 1000 / args.tasks for part in parts)
+                        print(
+                            f"{kind:9} {label:30} {controller:10.0f} {engine:7.0f} {host:6.0f}"
+                            f" {controller + engine + host:6.0f} {machine:8.0f} {wall * 1000 / args.tasks:13.0f}",
+                            flush=True,
+                        )
     finally:
         docker("rm", "-f", NAME, check=False)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("ANSIBLE_STDOUT_CALLBACK", "default")
+    # As Molecule's configuration has it: no compression (ansible's default -C) on a local bridge.
+    os.environ.setdefault("ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=60s")
     main()
