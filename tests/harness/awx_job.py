@@ -14,7 +14,9 @@ inventory/group_vars: vars}, as "all/main.yml" or "docker_hosts.yml"), group_var
 inventory directory of the project whose group_vars files are linked in, as "inventories/local"),
 group_vars_links ({path under inventory/group_vars: path inside the project}), vault (vars encrypted into
 group_vars/all/vault.yml), vault_answer (what the vault credential answers; the test password if
-absent) and extravars. "leaked" names every vault value found in the events or the job's stdout.
+absent), ssh_key (the machine credential: a private key file, which ansible-runner adds to an
+ssh-agent for the job, as AWX does) and extravars. "leaked" names every vault value found in the
+events or the job's stdout.
 """
 
 import json
@@ -95,6 +97,9 @@ def write_private_data_dir(pdd: Path, job: dict) -> None:
     answer = job.get("vault_answer", TEST_VAULT_PASSWORD)
     (env / "passwords").write_text(json.dumps({r"^Vault password:\s*?$": answer}))
     (env / "cmdline").write_text("--ask-vault-pass")
+    if job.get("ssh_key"):
+        (env / "ssh_key").touch(mode=0o600)
+        (env / "ssh_key").write_text(Path(job["ssh_key"]).read_text())
     # AWX's own collections path replaces ansible.cfg's: what requirements.yml installed, then the defaults.
     awx_collections = [f"{pdd}/requirements_collections", "~/.ansible/collections", "/usr/share/ansible/collections"]
     (env / "envvars").write_text(json.dumps({"ANSIBLE_COLLECTIONS_PATH": ":".join(awx_collections)}))

@@ -95,3 +95,22 @@ def test_preflight_job_fails_on_a_wrong_vault_password_and_shows_no_secret(test_
     assert not [event for event in events if event["event"] == "runner_on_ok" and event["event_data"].get("role")]
     for secret in [*secrets.values(), TEST_VAULT_PASSWORD]:
         assert secret not in everything
+
+
+def test_the_machine_credentials_key_is_handed_to_ansible_runner_readable_by_its_owner_only(tmp_path):
+    """AWX passes a machine credential's private key to ansible-runner as env/ssh_key, which runner adds to
+    an ssh-agent for the job (compose_app's scenario connects its deploy and rollback jobs that way)."""
+    key = tmp_path / "id_ed25519"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n-----END OPENSSH PRIVATE KEY-----\n")
+    pdd = tmp_path / "job"
+    write_private_data_dir(pdd, {"hosts": {"docker_hosts": {"host": {}}}, "ssh_key": str(key)})
+
+    assert (pdd / "env" / "ssh_key").read_text() == key.read_text()
+    assert (pdd / "env" / "ssh_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_job_without_a_machine_credential_has_no_key(tmp_path):
+    pdd = tmp_path / "job"
+    write_private_data_dir(pdd, {"hosts": {"docker_hosts": {"host": {}}}})
+
+    assert not (pdd / "env" / "ssh_key").exists()
