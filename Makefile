@@ -53,12 +53,12 @@ unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the
 
 # make test splits the unit tests between its lanes: the compose_rollout module tests (real engine,
 # nginx and a request loop) in one, every other unit test in the other.
-# Two pytest-xdist workers, a test file each at a time: most of a rollout test is waiting for containers to
-# become healthy, so two side by side take little more than one. Each worker has its own app, network and
-# ports (tests/unit/compose_rollout/conftest.py).
-unit-rollout: venv ## The compose_rollout module tests alone (tests/unit/compose_rollout), two workers
+# Three pytest-xdist workers, a test file each at a time: most of a rollout test is waiting for containers
+# to become healthy, so several side by side take little more than one. Each worker has its own app,
+# network and ports (tests/unit/compose_rollout/conftest.py).
+unit-rollout: venv ## The compose_rollout module tests alone (tests/unit/compose_rollout), three workers
 	$(UNIT_PREPARE)
-	pytest -p no:cacheprovider --durations=15 -n 2 --dist loadfile tests/unit/compose_rollout
+	pytest -p no:cacheprovider --durations=15 -n 3 --dist loadfile tests/unit/compose_rollout
 
 unit-other: venv ## Every unit test but the compose_rollout module tests
 	$(UNIT_PREPARE)
@@ -71,7 +71,7 @@ molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=con
 
 # `make test` runs these two lanes side by side after prepare (tests/harness/lanes.py); every
 # scenario under molecule/ must be in one of them. Balanced by their measured times: lint, sanity, the
-# compose_rollout module tests (two workers), docker_host, compose_app and seed_systems take about as long
+# compose_rollout module tests (three workers), docker_host, compose_app and seed_systems take about as long
 # as the other unit tests and the other scenarios together. The suite is CPU-bound on two cores: a third
 # lane made each stage about 1.5 times slower and the whole run no shorter (compose_app 858 s instead of
 # 531, unit-other 563 instead of 300).
