@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-testinfra_hosts = ["docker://compose_app-debian13"]
+testinfra_hosts = ["ansible://compose_app-debian13"]
 
 HOST_HEADER = "demo.localhost"
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-testinfra_hosts = ["docker://compose_app-debian13"]
+testinfra_hosts = ["ansible://compose_app-debian13"]
 
 
 def psql(host, sql):

@@ -6,7 +6,7 @@ by the releases' keepers, so a rollback to any of them can start."""
 
 import json
 
-testinfra_hosts = ["docker://compose_app-debian13"]
+testinfra_hosts = ["ansible://compose_app-debian13"]
 
 
 def state(host):

@@ -1,6 +1,6 @@
 """docker_host on Debian 12 with the distribution source: refused before anything changed."""
 
-testinfra_hosts = ["docker://docker_host-debian12"]
+testinfra_hosts = ["ansible://docker_host-debian12"]
 
 
 def test_debian12_stopped_before_any_change(host):

@@ -3,7 +3,7 @@
 import json
 
 # Debian 12 stops before any change; molecule/docker_host/tests/test_debian12_refusal.py checks that.
-testinfra_hosts = ["docker://docker_host-debian13"]
+testinfra_hosts = ["ansible://docker_host-debian13"]
 
 
 def docker_info(host):

@@ -3,7 +3,7 @@ gate on fleet-3-app, which keeps v1; fleet-1-app switched to v3, then to v4, and
 
 import json
 
-testinfra_hosts = ["docker://fleet-1-app", "docker://fleet-3-app"]
+testinfra_hosts = ["ansible://fleet-1-app", "ansible://fleet-3-app"]
 
 EXPECTED_RELEASE = {"fleet-1-app": "v3", "fleet-3-app": "v1"}
 

@@ -3,6 +3,7 @@ outside: this test runs on the controller, the outer bridge's gateway, the one a
 connection is bounded (3 s) and goes only to the scenario's own containers."""
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -15,7 +16,7 @@ HOSTS = ["fleet-lb", "fleet-1-app", "fleet-2-worker", "fleet-3-app"]
 
 
 def remote(name):
-    return testinfra.get_host(f"docker://{name}")
+    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
 
 
 def network_settings(name):

@@ -1,6 +1,6 @@
 """The load balancer after the scenario: every app host in rotation, no fleet lock left."""
 
-testinfra_hosts = ["docker://fleet-lb"]
+testinfra_hosts = ["ansible://fleet-lb"]
 
 
 def test_the_load_balancer_lists_both_app_hosts_up_with_passive_checks(host):

@@ -2,7 +2,7 @@
 
 import json
 
-testinfra_hosts = ["docker://fleet-2-worker"]
+testinfra_hosts = ["ansible://fleet-2-worker"]
 
 
 def test_the_worker_only_host_runs_no_nginx_and_listens_on_no_web_port(host):

@@ -1,12 +1,13 @@
 """What postgres_backup left on the hosts after side_effect.yml, read from the hosts themselves."""
 
 import json
+import os
 import time
 
 import pytest
 import testinfra
 
-testinfra_hosts = ["docker://postgres_backup-debian13"]
+testinfra_hosts = ["ansible://postgres_backup-debian13"]
 
 BACKUPS = "/var/backups/berth/postgres"
 SCRIPT = "/usr/local/libexec/berth/berth-pg-backup"
@@ -31,7 +32,7 @@ GFS_EXPECTED = [
 
 
 def sftp_host():
-    return testinfra.get_host("docker://postgres_backup-sftp")
+    return testinfra.get_host("ansible://postgres_backup-sftp", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
 
 
 def metrics(host, job):

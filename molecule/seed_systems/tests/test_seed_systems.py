@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-testinfra_hosts = ["docker://seed_systems-debian13"]
+testinfra_hosts = ["ansible://seed_systems-debian13"]
 
 REGISTRY = "127.0.0.1:5000"
 REGISTRY_SECRETS = ["seed-Regi5try-only", "ZGVwbG95ZXI6c2VlZC1SZWdpNXRyeS1vbmx5"]  # the password, base64(user:password)
