@@ -52,19 +52,17 @@ unit: venv ## pytest unit and module tests (real PostgreSQL and Docker where the
 	pytest -p no:cacheprovider tests/unit
 
 # make test splits the unit tests between its lanes: the compose_rollout module tests (real engine,
-# nginx and a request loop) in one, every other unit test in the other. Three pytest-xdist workers, a
-# test file each at a time: most of a rollout test is waiting for containers to become healthy, so
-# several side by side take little more than one. Each worker has its own app, network and ports
-# (tests/unit/compose_rollout/conftest.py). The two slowest files of the other unit tests, which also
-# wait on containers (a registry, a Debian 12 test host), run beside them: the lanes then end together.
-UNIT_BESIDE_ROLLOUT := tests/unit/test_compose_app_registry_logins.py tests/unit/postgres_backup/test_client_older_than_server.py
-unit-rollout: venv ## The compose_rollout module tests and UNIT_BESIDE_ROLLOUT, three workers
+# nginx and a request loop) in one, every other unit test in the other.
+# Three pytest-xdist workers, a test file each at a time: most of a rollout test is waiting for containers
+# to become healthy, so several side by side take little more than one. Each worker has its own app,
+# network and ports (tests/unit/compose_rollout/conftest.py).
+unit-rollout: venv ## The compose_rollout module tests alone (tests/unit/compose_rollout), three workers
 	$(UNIT_PREPARE)
-	pytest -p no:cacheprovider --durations=15 -n 3 --dist loadfile tests/unit/compose_rollout $(UNIT_BESIDE_ROLLOUT)
+	pytest -p no:cacheprovider --durations=15 -n 3 --dist loadfile tests/unit/compose_rollout
 
-unit-other: venv ## Every other unit test
+unit-other: venv ## Every unit test but the compose_rollout module tests
 	$(UNIT_PREPARE)
-	pytest -p no:cacheprovider --durations=15 tests/unit --ignore=tests/unit/compose_rollout $(addprefix --ignore=,$(UNIT_BESIDE_ROLLOUT))
+	pytest -p no:cacheprovider --durations=15 tests/unit --ignore=tests/unit/compose_rollout
 
 molecule: prepare ## Molecule scenarios: all, or SCENARIO=name (MOLECULE_CMD=converge|verify|destroy...)
 	@for scenario in $(or $(SCENARIO),$(SCENARIOS)); do \
