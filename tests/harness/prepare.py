@@ -340,7 +340,8 @@ def ensure_base_images(rebuild: bool) -> None:
 def demo_image_builds() -> list[tuple[str, Path, str | None, dict[str, str]]]:
     """(tag, build context, target stage, build args) for every demo image; versions.json lists the versions."""
     builds: list[tuple[str, Path, str | None, dict[str, str]]] = [
-        ("berth/demo-postgres:latest", DEMO_APP / "postgres", None, {})
+        ("berth/demo-postgres:latest", DEMO_APP / "postgres", None, {}),
+        ("berth/demo-redis:latest", DEMO_APP / "redis", None, {}),
     ]
     versions = json.loads((DEMO_APP / "versions.json").read_text())
     for version, build_args in versions.items():
