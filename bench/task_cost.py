@@ -15,8 +15,10 @@ Cases: the docker CLI connection (community.docker.docker, one `docker exec` pro
 and the Docker API connection (community.docker.docker_api, the socket), each with the image's
 bytecode cache for zip imports (tests/images/systemd/berth_zipimport_cache.py) switched off (its .pth
 moved aside) and on; and SSH (one connection kept open, ControlPersist, as Molecule's inventory
-has it) with the cache on. The suite runs Molecule over SSH with the cache on; the firewall scenario,
-which cuts SSH on purpose, through the CLI (see .config/molecule/config.yml).
+has it) with the cache on, with /usr/bin/python3 and with berth-python (each module forked from a
+warm interpreter, as Molecule's inventory has it too). The suite runs Molecule over SSH with the cache
+and berth-python; the firewall scenario, which cuts SSH on purpose, through the CLI (see
+.config/molecule/config.yml).
 
 Usage: python bench/task_cost.py [--tasks 50] [--rounds 2]
 """
@@ -33,12 +35,17 @@ from pathlib import Path
 IMAGE = "berth/debian13-systemd:latest"
 NAME = "berth-bench-tasks"
 PTH = "/usr/lib/python3/dist-packages/berth-zipimport-cache.pth"
+PYTHON = "/usr/bin/python3"
+# The test-host images' berth-python: each module forked from a warm interpreter (tests/images/systemd/
+# berth_python_server.py), as Molecule's inventory has it.
+BERTH_PYTHON = "/usr/local/bin/berth-python"
 CASES = [
-    ("docker CLI, no bytecode cache", "community.docker.docker", False),
-    ("docker CLI, bytecode cache", "community.docker.docker", True),
-    ("Docker API, no bytecode cache", "community.docker.docker_api", False),
-    ("Docker API, bytecode cache", "community.docker.docker_api", True),
-    ("SSH, bytecode cache", "ssh", True),
+    ("docker CLI, no bytecode cache", "community.docker.docker", False, PYTHON),
+    ("docker CLI, bytecode cache", "community.docker.docker", True, PYTHON),
+    ("Docker API, no bytecode cache", "community.docker.docker_api", False, PYTHON),
+    ("Docker API, bytecode cache", "community.docker.docker_api", True, PYTHON),
+    ("SSH, bytecode cache", "ssh", True, PYTHON),
+    ("SSH, bytecode cache, berth-python", "ssh", True, BERTH_PYTHON),
 ]
 PLAYBOOKS = {
     "ping": """- hosts: all
@@ -119,9 +126,9 @@ def start_sshd(workdir):
     return docker("inspect", "--format", "{{.NetworkSettings.IPAddress}}", NAME).stdout.strip()
 
 
-def play(workdir, connection, kind, tasks, address):
+def play(workdir, connection, kind, tasks, address, interpreter=PYTHON):
     inventory = workdir / "inventory.ini"
-    target = f"{NAME} ansible_connection={connection} ansible_python_interpreter=/usr/bin/python3"
+    target = f"{NAME} ansible_connection={connection} ansible_python_interpreter={interpreter}"
     if connection == "ssh":
         target += (
             f" ansible_host={address} ansible_user=root ansible_ssh_private_key_file={workdir / 'key'}"
@@ -132,11 +139,11 @@ def play(workdir, connection, kind, tasks, address):
     return subprocess.run(argv, capture_output=True, text=True, check=False)
 
 
-def measure(workdir, connection, kind, tasks, container_id, address):
+def measure(workdir, connection, kind, tasks, container_id, address, interpreter):
     """(controller, engine, host, machine) CPU seconds and the wall time of one run of `tasks` tasks."""
     before = (children_seconds(), daemon_seconds(), container_seconds(container_id), machine_seconds())
     started = time.monotonic()
-    result = play(workdir, connection, kind, tasks, address)
+    result = play(workdir, connection, kind, tasks, address, interpreter)
     wall = time.monotonic() - started
     if result.returncode != 0:
         sys.exit(f"ansible-playbook failed ({connection}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
@@ -158,20 +165,22 @@ def main():
                 (workdir / f"{kind}.yml").write_text(playbook)
             (workdir / "bench.j2").write_text("{{ inventory_hostname }}\n")
             address = start_sshd(workdir)
+            # No systemd in this container: start berth-python's server as berth-python.service would.
+            docker("exec", "-d", NAME, "python3", "/usr/local/lib/berth-python/server.py")
             print(f"{args.tasks} tasks per run, {args.rounds} rounds; CPU ms per task where it ran")
             print(
-                f"{'task':9} {'case':30} {'controller':>10} {'engine':>7} {'host':>6} {'sum':>6} {'machine':>8}"
+                f"{'task':9} {'case':34} {'controller':>10} {'engine':>7} {'host':>6} {'sum':>6} {'machine':>8}"
                 f" {'wall ms/task':>13}"
             )
             for _round in range(args.rounds):
                 for kind in PLAYBOOKS:
-                    for label, connection, cache in CASES:
+                    for label, connection, cache, interpreter in CASES:
                         set_cache(cache)
-                        play(workdir, connection, kind, 1, address)
-                        parts, wall = measure(workdir, connection, kind, args.tasks, container_id, address)
+                        play(workdir, connection, kind, 1, address, interpreter)
+                        parts, wall = measure(workdir, connection, kind, args.tasks, container_id, address, interpreter)
                         controller, engine, host, machine = (part * 1000 / args.tasks for part in parts)
                         print(
-                            f"{kind:9} {label:30} {controller:10.0f} {engine:7.0f} {host:6.0f}"
+                            f"{kind:9} {label:34} {controller:10.0f} {engine:7.0f} {host:6.0f}"
                             f" {controller + engine + host:6.0f} {machine:8.0f} {wall * 1000 / args.tasks:13.0f}",
                             flush=True,
                         )
