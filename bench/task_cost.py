@@ -16,7 +16,7 @@ and the Docker API connection (community.docker.docker_api, the socket), each wi
 bytecode cache for zip imports (tests/images/systemd/berth_zipimport_cache.py) switched off (its .pth
 moved aside) and on; and SSH (one connection kept open, ControlPersist, as Molecule's inventory
 has it) with the cache on, with /usr/bin/python3 and with berth-python (each module forked from a
-warm interpreter, as Molecule's inventory has it too). The suite runs Molecule over SSH with the cache
+warm interpreter, as Molecule's ansible.cfg has it too). The suite runs Molecule over SSH with the cache
 and berth-python; the firewall scenario, which cuts SSH on purpose, through the CLI (see
 .config/molecule/config.yml).
 
@@ -37,7 +37,7 @@ NAME = "berth-bench-tasks"
 PTH = "/usr/lib/python3/dist-packages/berth-zipimport-cache.pth"
 PYTHON = "/usr/bin/python3"
 # The test-host images' berth-python: each module forked from a warm interpreter (tests/images/systemd/
-# berth_python_server.py), as Molecule's inventory has it.
+# berth_python_server.py), as Molecule's ansible.cfg (interpreter_python) has it.
 BERTH_PYTHON = "/usr/local/bin/berth-python"
 CASES = [
     ("docker CLI, no bytecode cache", "community.docker.docker", False, PYTHON),

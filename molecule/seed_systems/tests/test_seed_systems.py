@@ -92,8 +92,8 @@ def test_b_five_workers_all_consume_jobs_and_record_each_in_redis(host):
     worker polls every 0.5 s and a worker that claimed a job polls again at once, so jobs posted at a
     fixed pace lock two workers to alternate jobs and starve the others (a simulation of these workers
     starved one in 85 % of 2,000 runs at one job every 0.25 s, and this test failed so twice). Random
-    gaps of 0.05-0.45 s break that lock: the simulation needed 8 jobs at the median, 21 at most in 5,000. Each worker
-    records a job in Redis after PostgreSQL has it done: the wait is for both."""
+    gaps of 0.05-0.45 s break that lock: the simulation needed 8 jobs at the median, 21 at most in
+    5,000. Each worker records a job in Redis after PostgreSQL has it done: the wait is for both."""
     psql(host, "DELETE FROM jobs WHERE payload = 'seed-workers'")
     redis(host, "DEL jobs:done")
     gaps = random.Random(12)  # noqa: S311 (test pacing, not a secret)

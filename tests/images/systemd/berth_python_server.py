@@ -4,7 +4,7 @@ A module task on a test host runs a fresh interpreter, which imports about fifty
 modules before the module does anything: on a Debian 13 test host about 130 ms of CPU per task, of
 which a child forked from an interpreter that has them imported already needs about 50. This server
 imports them once, at boot, and listens on a socket only root can open. The client
-(/usr/local/bin/berth-python, the test hosts' ansible_python_interpreter in Molecule's inventory)
+(/usr/local/bin/berth-python, the test hosts' interpreter_python in Molecule's ansible.cfg)
 hands it its standard input, output and error, arguments, environment, working directory and umask;
 the server forks a child that takes them over and runs the program as `python3` would (a script given
 by path, or the program on standard input, as Ansible's pipelining sends it), then reports the exit
