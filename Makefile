@@ -116,6 +116,10 @@ bench-payloads: venv ## Benchmark: controller CPU per ansible-playbook run, payl
 	python3 tests/harness/prepare.py --only link --only zipimport-cache
 	python bench/payloads.py $(if $(RUNS),--runs $(RUNS))
 
+.PHONY: bench-poll-interval
+bench-poll-interval: venv ## Benchmark: controller CPU and wall time per run at ansible-core's internal poll interval vs the project's
+	python bench/poll_interval.py $(if $(ROUNDS),--rounds $(ROUNDS))
+
 .PHONY: bench-backup bench-healthchecks
 bench-healthchecks: venv ## Benchmark: CPU per container and time to healthy of Docker healthcheck settings
 	python3 tests/harness/prepare.py --only engine --only images --only demo-images --only link
