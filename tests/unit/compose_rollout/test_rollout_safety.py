@@ -100,6 +100,9 @@ def test_a_release_whose_container_dies_after_its_switch_is_switched_back_by_its
         # Bounded: the rollout's own gates give up long before this.
         assert wait_for(lambda: running.done() or any(answer[2] == "v2" for answer in list(loop.answers)), 240)
         assert not running.done(), running.result()
+        # Into the watch window (15 s): past the check through nginx right after the switch, which
+        # would catch a container that stopped sooner, as the nginx gate rather than the watch.
+        time.sleep(2)
         backend = f"{APP}-{other(live)}-backend-1"
         subprocess.run(["docker", "exec", backend, "touch", DIE_FLAG], check=True, capture_output=True)
         result = running.result()
