@@ -20,6 +20,7 @@ import time
 import yaml
 from conftest import (
     APP,
+    HEALTHCHECK,
     PORTS,
     REPO,
     SERVICES,
@@ -53,7 +54,7 @@ OUTAGE_BOUND_SECONDS = 3.0
 
 # Each service's HEALTHCHECK every second, with a generous timeout: the gates pass within a few
 # seconds even on a loaded machine, so a release that breaks at 20 s breaks after its switch.
-QUICK_HEALTH = {"healthcheck": {"interval": "1s", "timeout": "10s"}}
+QUICK_HEALTH = {"healthcheck": {**HEALTHCHECK, "interval": "1s"}}
 
 
 def dying_release(release, release_id, command):
