@@ -18,14 +18,13 @@ Usage: python bench/payloads.py [--runs 10]
 
 import argparse
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import children_seconds, local_playbook
 
 REPO = Path(__file__).resolve().parents[1]
 CALLBACKS = REPO / "tests" / "harness" / "callback_plugins"
@@ -45,17 +44,8 @@ PLAYBOOK = """- name: One task of each of eight modules
 """
 
 
-def children_seconds():
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def play(workdir, env):
-    argv = [sys.executable, str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,"]
-    argv += ["-c", "local", "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"workdir={workdir}"]
-    result = subprocess.run([*argv, str(workdir / "play.yml")], env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"ansible-playbook failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    local_playbook(workdir / "play.yml", env, "-e", f"workdir={workdir}")
 
 
 def measure(workdir, env, runs):

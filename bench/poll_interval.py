@@ -15,12 +15,11 @@ Usage: python bench/poll_interval.py [--rounds 3] [--wait 8] [--tasks 150]
 import argparse
 import configparser
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import children_seconds, local_playbook
 
 REPO = Path(__file__).resolve().parents[1]
 ANSIBLE_CORE_DEFAULT = 0.001
@@ -30,11 +29,6 @@ def project_interval():
     config = configparser.ConfigParser()
     config.read(REPO / "ansible.cfg")
     return config.getfloat("defaults", "internal_poll_interval")
-
-
-def children_seconds():
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def playbooks(workdir, wait, tasks):
@@ -49,13 +43,9 @@ def playbooks(workdir, wait, tasks):
 
 
 def run(playbook, config):
-    argv = [sys.executable, str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local"]
-    argv += ["-e", f"ansible_python_interpreter={sys.executable}", str(playbook)]
     env = {**os.environ, "ANSIBLE_CONFIG": str(config), "ANSIBLE_STDOUT_CALLBACK": "default"}
     cpu, started = children_seconds(), time.monotonic()
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"ansible-playbook failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    local_playbook(playbook, env)
     return children_seconds() - cpu, time.monotonic() - started
 
 
@@ -73,6 +63,7 @@ def main():
             configs[interval] = workdir / f"poll-{interval}.cfg"
             configs[interval].write_text(f"[defaults]\ninternal_poll_interval = {interval}\n")
         cases = playbooks(workdir, args.wait, args.tasks)
+        # One untimed run first, so that the first timed one does not pay for cold file caches.
         run(cases[1][1], configs[intervals[0]])
         print(f"{args.rounds} rounds; per run: CPU s (ansible-playbook, workers, modules) and wall s")
         print(f"{'playbook':24} {'interval':>9} {'CPU s':>7} {'wall s':>7}")

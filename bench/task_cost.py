@@ -25,12 +25,13 @@ Usage: python bench/task_cost.py [--tasks 50] [--rounds 2]
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _measure import children_seconds
 
 IMAGE = "berth/debian13-systemd:latest"
 NAME = "berth-bench-tasks"
@@ -103,11 +104,6 @@ def machine_seconds():
     fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def children_seconds():
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def set_cache(enabled):

@@ -84,6 +84,13 @@ def assert_switched_back(result, loop, nginx, state_file, before, live):
     assert wait_for(lambda: set(container_states(f"{APP}-{other(live)}").values()) == {"exited"})
 
 
+def backend_until_flagged(then=None):
+    """The backend container's command: a shell that starts the backend in the background, waits for
+    the flag file, and then runs ``then`` (a shell command) or exits."""
+    script = f"{' '.join(BACKEND)} & while [ ! -e {DIE_FLAG} ]; do sleep 0.2; done"
+    return ["sh", "-c", f"{script}; {then}" if then else script]
+
+
 def roll_out_and_break_after_the_switch(rollout, directory, release_id, live, watch_seconds):
     """Roll out in a thread and, once the client was served v2 through nginx, create the flag file in
     the new backend's container (its command decides what breaking means). The test tells it when,
@@ -110,10 +117,9 @@ def test_a_release_whose_container_dies_after_its_switch_is_switched_back_by_its
     serving("v1", avoid=("rdie",))
     before = state_file()
     live = before["active"]["color"]
-    # The container's main process is this shell: when the flag file appears it exits, and the
-    # container stops with the backend in it.
-    command = ["sh", "-c", f"{' '.join(BACKEND)} & while [ ! -e {DIE_FLAG} ]; do sleep 0.2; done"]
-    directory = dying_release(release, "rdie", command)
+    # The container's main process is the shell: when the flag file appears it exits, and the container
+    # stops with the backend in it.
+    directory = dying_release(release, "rdie", backend_until_flagged())
     result, loop = roll_out_and_break_after_the_switch(rollout, directory, "rdie", live, watch_seconds=15)
     assert_switched_back(result, loop, nginx, state_file, before, live)
     assert "watch gate failed" in result["msg"]
@@ -132,12 +138,7 @@ def test_a_release_whose_backend_stops_answering_after_its_switch_is_switched_ba
     live = before["active"]["color"]
     # When the flag file appears the shell kills the backend and stays, so the container keeps running
     # with nothing listening.
-    command = [
-        "sh",
-        "-c",
-        f"{' '.join(BACKEND)} & while [ ! -e {DIE_FLAG} ]; do sleep 0.2; done; kill $!; sleep 300",
-    ]
-    directory = dying_release(release, "rhang", command)
+    directory = dying_release(release, "rhang", backend_until_flagged("kill $!; sleep 300"))
     result, loop = roll_out_and_break_after_the_switch(rollout, directory, "rhang", live, watch_seconds=30)
     assert_switched_back(result, loop, nginx, state_file, before, live)
     assert result["failed_gate"]["gate"] in ("watch", "watch-nginx")
